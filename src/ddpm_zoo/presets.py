@@ -1,0 +1,148 @@
+"""The three ddpm-zoo recipes: network, noise schedule, data and training defaults, in one registry."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model card says about a dataset: its Hub id, license and attribution."""
+
+    hub_id: str
+    license: str
+    attribution: str
+
+
+MNIST_INFO = DatasetInfo(
+    hub_id="ylecun/mnist",
+    license="cc-by-sa-3.0",
+    attribution="MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges (CC BY-SA 3.0).",
+)
+CIFAR10_INFO = DatasetInfo(
+    hub_id="uoft-cs/cifar10",
+    license="unknown",
+    attribution="CIFAR-10 by Alex Krizhevsky, Vinod Nair and Geoffrey Hinton (University of Toronto).",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A complete recipe: `UNet2DModel` and `DDPMScheduler` configs plus data and training defaults.
+
+    `training` maps `TrainingConfig` field names to this preset's defaults; any option given on the
+    command line overrides them.
+    """
+
+    name: str
+    description: str
+    unet: dict[str, Any]
+    scheduler: dict[str, Any]
+    training: dict[str, Any]
+    dataset: DatasetInfo
+    class_names: tuple[str, ...] = ()
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def card_template(self) -> str:
+        """File name of this preset's model card template in `model_cards/`."""
+        return f"{self.name}.md"
+
+
+def _three_level_28px(channels: int) -> dict[str, Any]:
+    """A 1.1 M-parameter UNet for 28 px digits: 28 -> 14 -> 7, self-attention only at 7x7."""
+    return {
+        "sample_size": 28,
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": None,
+    }
+
+
+_DIGIT_TRAINING = {
+    "dataset_name": "mnist-5k",
+    "resolution": 28,
+    "random_flip": False,
+    "train_batch_size": 64,
+    "max_train_steps": 2500,
+    "learning_rate": 1e-3,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 100,
+    "ema_max_decay": 0.999,
+    "mixed_precision": "bf16",
+    "checkpointing_steps": 500,
+    "save_images_steps": 500,
+}
+
+PRESETS: dict[str, Preset] = {
+    "mnist-tiny": Preset(
+        name="mnist-tiny",
+        description="A 1.1 M-parameter DDPM for 28x28 grayscale digits, sized to train on a laptop CPU.",
+        unet=_three_level_28px(channels=1),
+        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        training=_DIGIT_TRAINING,
+        dataset=MNIST_INFO,
+        class_names=DIGIT_NAMES,
+        tags=("mnist",),
+    ),
+    "cifar10-ddpm": Preset(
+        name="cifar10-ddpm",
+        description="The DDPM paper's 35.7 M-parameter CIFAR-10 network (Ho et al., 2020, Appendix B).",
+        unet={
+            "sample_size": 32,
+            "in_channels": 3,
+            "out_channels": 3,
+            "block_out_channels": (128, 256, 256, 256),
+            "layers_per_block": 2,
+            "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+            "dropout": 0.1,
+        },
+        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        training={
+            "dataset_name": "uoft-cs/cifar10",
+            "resolution": 32,
+            "random_flip": True,
+            "train_batch_size": 128,
+            "max_train_steps": 800_000,
+            "learning_rate": 2e-4,
+            "lr_scheduler": "constant",
+            "lr_warmup_steps": 5000,
+            "adam_weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "ema_max_decay": 0.9999,
+            "checkpointing_steps": 10_000,
+            "save_images_steps": 10_000,
+        },
+        dataset=CIFAR10_INFO,
+        class_names=CIFAR10_NAMES,
+        tags=("cifar10",),
+    ),
+    "colored-mnist": Preset(
+        name="colored-mnist",
+        description="A class-conditional DDPM for 28x28 digits tinted in named colors, with classifier-free guidance.",
+        unet=_three_level_28px(channels=3),
+        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        training={**_DIGIT_TRAINING, "colorize": True},
+        dataset=MNIST_INFO,
+        class_names=DIGIT_NAMES,
+        tags=("mnist", "colored-mnist"),
+    ),
+}
+
+CONDITIONAL_PRESET = "colored-mnist"
+UNCONDITIONAL_PRESET = "mnist-tiny"
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name; the error lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
