@@ -1,0 +1,225 @@
+"""Training options: one dataclass, the argparse front end both training scripts share, and the rule
+that a preset supplies defaults which any option given on the command line overrides."""
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LOGGERS = ("tensorboard", "wandb", "none")
+SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs; field names are the command-line option names."""
+
+    preset: str = UNCONDITIONAL_PRESET
+    conditional: bool = False
+    # data
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_data_dir: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    cache_dir: str | None = None
+    resolution: int | None = None
+    random_flip: bool = False
+    colorize: bool = False
+    convert_channels: bool = False
+    skip_bad_images: bool = False
+    streaming: bool = False
+    dataloader_num_workers: int = 2
+    # model and noise schedule
+    model_config_name_or_path: str | None = None
+    ddpm_num_steps: int = 1000
+    ddpm_beta_schedule: str = "linear"
+    prediction_type: str = "epsilon"
+    cond_drop_prob: float = 0.1
+    # optimisation
+    train_batch_size: int = 64
+    num_epochs: int | None = None
+    max_train_steps: int | None = None
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-6
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    use_ema: bool = True
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 3 / 4
+    ema_max_decay: float = 0.9999
+    mixed_precision: str = "no"
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    # outputs, checkpoints, logging
+    output_dir: str | None = None
+    overwrite_output_dir: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    save_images_steps: int = 500
+    num_sample_images: int = 20
+    sample_scheduler: str = "dpmsolver"
+    ddpm_num_inference_steps: int = 50
+    logging_steps: int = 10
+    logger: str = "tensorboard"
+    logging_dir: str = "logs"
+    # hub
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+    hub_token: str | None = field(default=None, repr=False)
+    debug: bool = False
+
+    def public_dict(self) -> dict[str, Any]:
+        """The options as a JSON-able dict without secrets (for run records and logs)."""
+        values = dataclasses.asdict(self)
+        values.pop("hub_token")
+        return values
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
+def build_parser(conditional: bool) -> argparse.ArgumentParser:
+    """The options of diffusers' `train_unconditional.py`, plus `--preset` and ddpm-zoo's own."""
+    kind = "class-conditional" if conditional else "unconditional"
+    parser = argparse.ArgumentParser(
+        description=f"Train a {kind} DDPM with Accelerate.",
+        argument_default=None,
+    )
+    add = parser.add_argument
+    default_preset = CONDITIONAL_PRESET if conditional else UNCONDITIONAL_PRESET
+    add("--preset", default=default_preset, help=f"recipe: {', '.join(PRESETS)} (default {default_preset})")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id, or mnist-5k for the embedded digits")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--train_data_dir", help="local image folder, or parquet/arrow files")
+    data.add_argument("--image_column")
+    data.add_argument("--label_column")
+    data.add_argument("--cache_dir")
+    data.add_argument("--resolution", type=int)
+    for name, text in (
+        ("random_flip", "randomly flip images horizontally"),
+        ("colorize", "tint grayscale digits with seeded palette colors"),
+        ("convert_channels", "convert images to the model's channel count instead of failing"),
+        ("skip_bad_images", "skip unreadable images (counted) instead of failing"),
+        ("streaming", "decode per batch in DataLoader workers instead of holding the data in memory"),
+    ):
+        _bool_flag(data, name, text)
+    data.add_argument("--dataloader_num_workers", type=int)
+    model = parser.add_argument_group("model and noise schedule")
+    model.add_argument("--model_config_name_or_path", help="a UNet2DModel config.json (file or folder)")
+    model.add_argument("--ddpm_num_steps", type=int)
+    model.add_argument("--ddpm_beta_schedule", choices=BETA_SCHEDULES)
+    model.add_argument("--prediction_type", choices=PREDICTION_TYPES)
+    if conditional:
+        model.add_argument("--cond_drop_prob", type=float, help="probability of the null class (default 0.1)")
+    optim = parser.add_argument_group("optimisation")
+    for name, kind_ in (
+        ("train_batch_size", int),
+        ("num_epochs", int),
+        ("max_train_steps", int),
+        ("gradient_accumulation_steps", int),
+        ("learning_rate", float),
+        ("lr_warmup_steps", int),
+        ("adam_beta1", float),
+        ("adam_beta2", float),
+        ("adam_weight_decay", float),
+        ("adam_epsilon", float),
+        ("max_grad_norm", float),
+        ("ema_inv_gamma", float),
+        ("ema_power", float),
+        ("ema_max_decay", float),
+        ("seed", int),
+    ):
+        optim.add_argument(f"--{name}", type=kind_)
+    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS)
+    optim.add_argument("--mixed_precision", choices=MIXED_PRECISION)
+    _bool_flag(optim, "use_ema", "keep an EMA of the weights; the EMA is what gets published")
+    _bool_flag(optim, "compile", "torch.compile the UNet")
+    _bool_flag(optim, "channels_last", "channels_last memory format")
+    out = parser.add_argument_group("outputs, checkpoints and logging")
+    out.add_argument("--output_dir")
+    _bool_flag(out, "overwrite_output_dir", "train into an output_dir that holds a different run")
+    for name in ("checkpointing_steps", "checkpoints_total_limit", "save_images_steps", "num_sample_images"):
+        out.add_argument(f"--{name}", type=int)
+    out.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
+    out.add_argument("--sample_scheduler", choices=SAMPLE_SCHEDULERS, help="sampler for the sample grids")
+    out.add_argument("--ddpm_num_inference_steps", type=int, help="steps for the sample grids")
+    out.add_argument("--logging_steps", type=int, help="read the loss (a host sync) every N steps")
+    out.add_argument("--logger", choices=LOGGERS)
+    out.add_argument("--logging_dir")
+    hub = parser.add_argument_group("Hugging Face Hub")
+    _bool_flag(hub, "push_to_hub", "push the final pipeline folder to the Hub")
+    hub.add_argument("--hub_model_id")
+    _bool_flag(hub, "hub_private_repo", "create the Hub repo as private")
+    hub.add_argument("--hub_token")
+    _bool_flag(parser, "debug", "show full tracebacks")
+    return parser
+
+
+def load_unet_config(path: str) -> dict[str, Any]:
+    """A UNet2DModel config from a config.json file or a folder holding one."""
+    config_path = Path(path)
+    if config_path.is_dir():
+        config_path = config_path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"--model_config_name_or_path: {config_path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise UserInputError(
+            f"--model_config_name_or_path: {config_path} is not valid JSON ({error})"
+        ) from None
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfig:
+    """Preset defaults, then every option the user gave; derived values (output_dir) filled in."""
+    preset = get_preset(args.preset)
+    values: dict[str, Any] = {**preset.training}
+    values.update({key: value for key, value in vars(args).items() if value is not None})
+    values["conditional"] = conditional
+    if values.get("output_dir") is None:
+        suffix = "-cond" if conditional and preset.name != CONDITIONAL_PRESET else ""
+        values["output_dir"] = f"ddpm-{preset.name}{suffix}-output"
+    config = TrainingConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainingConfig) -> None:
+    """Reject option values that cannot work, before any work starts."""
+    positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
+    for name in (*positive, "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps"):
+        if getattr(config, name) < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("max_train_steps", "num_epochs", "checkpoints_total_limit"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {value}")
+    if config.learning_rate <= 0:
+        raise UserInputError(f"--learning_rate must be positive, got {config.learning_rate}")
+    if not 0 <= config.cond_drop_prob < 1:
+        raise UserInputError(f"--cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
+    if config.push_to_hub and not config.hub_model_id:
+        raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/mnist-ddpm)")
+    if config.max_train_steps is None and config.num_epochs is None:
+        raise UserInputError("give --max_train_steps or --num_epochs")

@@ -1,0 +1,636 @@
+"""The one Accelerate training loop that `train_unconditional.py` and `train_conditional.py` share.
+
+Each optimizer step minimises the DDPM "simple" objective (Ho et al., 2020, eq. 14),
+|| target - model(x_t, t[, c]) ||^2 with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4),
+where the target is eps, v (Salimans & Ho, 2022) or x_0. Conditional runs replace the label with a
+null class with probability `cond_drop_prob` (classifier-free guidance, Ho & Salimans, 2022).
+"""
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ddpm_zoo import data as data_lib
+from ddpm_zoo.config import TrainingConfig, build_parser, load_unet_config, resolve_config
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.presets import Preset, get_preset
+from ddpm_zoo.schedulers import make_scheduler
+from ddpm_zoo.visualize import make_grid
+
+logger = logging.getLogger("ddpm_zoo")
+
+RUN_RECORD = "ddpm_zoo_run.json"
+STATE_FILE = "training_state.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
+
+
+class TrainingStopped(Exception):
+    """The run stopped early (signal, non-finite loss); the message says where things are."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class PreparedData:
+    """Batches (in memory or streaming) plus what the model needs to know about the data."""
+
+    batches: data_lib.InMemoryBatches | data_lib.StreamingBatches
+    plan: data_lib.EpochIndexPlan
+    channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    num_images: int
+
+
+def build_unet(config: TrainingConfig, preset: Preset, num_classes: int) -> UNet2DModel:
+    """The preset's UNet (or `--model_config_name_or_path`), with num_classes + 1 class embeddings
+    (the last one is the null class) for conditional training."""
+    unet_config = (
+        load_unet_config(config.model_config_name_or_path)
+        if config.model_config_name_or_path
+        else dict(preset.unet)
+    )
+    if config.resolution is not None:
+        unet_config["sample_size"] = config.resolution
+    if config.conditional:
+        unet_config["num_class_embeds"] = num_classes + 1
+    try:
+        return UNet2DModel(**unet_config)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"invalid UNet2DModel config: {error}") from None
+
+
+def check_resolution(unet: UNet2DModel, resolution: int) -> None:
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if resolution % factor:
+        raise UserInputError(
+            f"--resolution {resolution} is not divisible by the UNet's downsampling factor {factor}"
+        )
+
+
+def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator) -> PreparedData:
+    """Load the source, then decode it once into memory (or stream it when it is large)."""
+    source = data_lib.load_image_source(
+        config.dataset_name,
+        config.train_data_dir,
+        config.dataset_config_name,
+        config.image_column,
+        config.label_column,
+        config.cache_dir,
+    )
+    source_channels = 1 if config.colorize else unet_channels
+    size = data_lib.in_memory_bytes(len(source.dataset), source_channels, config.resolution)
+    plan_args = (config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    if config.streaming or size > IN_MEMORY_LIMIT_BYTES:
+        if config.colorize:
+            raise UserInputError("--colorize needs the in-memory path (drop --streaming)")
+        plan = data_lib.EpochIndexPlan(len(source.dataset), *plan_args)
+        batches = data_lib.StreamingBatches(
+            source,
+            plan,
+            config.resolution,
+            unet_channels,
+            config.convert_channels,
+            config.conditional,
+            config.dataloader_num_workers,
+        )
+        return PreparedData(
+            batches, plan, unet_channels, len(source.class_names), source.class_names, plan.num_samples
+        )
+    decoded = data_lib.decode_dataset(
+        source,
+        config.resolution,
+        source_channels,
+        config.convert_channels,
+        config.skip_bad_images,
+        with_labels=config.conditional,
+    )
+    if decoded.skipped:
+        logger.warning("skipped %d unreadable images", decoded.skipped)
+    if config.colorize:
+        decoded = data_lib.apply_colorizer(decoded, config.seed)
+    if decoded.images.shape[1] != unet_channels:
+        raise UserInputError(
+            f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}"
+        )
+    num_classes = len(decoded.class_names)
+    if decoded.labels is not None:
+        num_classes = num_classes or int(decoded.labels.max()) + 1
+        bad = (decoded.labels < 0) | (decoded.labels >= num_classes)
+        if bool(bad.any()):
+            raise UserInputError(
+                f"label {int(decoded.labels[bad][0])} is outside the model's classes 0..{num_classes - 1}"
+            )
+    plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
+    batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
+    return PreparedData(batches, plan, unet_channels, num_classes, decoded.class_names, len(decoded.images))
+
+
+def step_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
+    """All randomness of one micro-batch (noise, timesteps, flips, label drops, dropout) comes from
+    this seed, so a resumed run draws exactly what an uninterrupted one would."""
+    return (seed * 1_000_003 + step * 1_009 + micro_step * 101 + process_index) % (2**63 - 1)
+
+
+def training_target(
+    scheduler: DDPMScheduler, prediction_type: str, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """eps (eq. 14), v = sqrt(abar) eps - sqrt(1 - abar) x_0, or x_0 itself."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, t)
+    return clean
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints that finished writing (they hold STATE_FILE), oldest first."""
+    found = [
+        path
+        for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if path.is_dir() and path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / STATE_FILE).exists()
+    ]
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_resume_path(config: TrainingConfig, output_dir: Path) -> Path | None:
+    if config.resume_from_checkpoint is None:
+        return None
+    if config.resume_from_checkpoint == "latest":
+        checkpoints = complete_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(config.resume_from_checkpoint)
+    if not path.is_absolute() and not path.exists():
+        path = output_dir / path
+    if not (path / STATE_FILE).exists():
+        raise UserInputError(
+            f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a complete checkpoint"
+        )
+    return path
+
+
+def check_output_dir(config: TrainingConfig, output_dir: Path) -> None:
+    """Refuse to train into a folder that holds a different run unless asked to overwrite or resume."""
+    record = output_dir / RUN_RECORD
+    if not record.exists() or config.overwrite_output_dir or config.resume_from_checkpoint:
+        return
+    raise UserInputError(
+        f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
+        "continue it or --overwrite_output_dir to start over"
+    )
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.signal_number = 0
+        self.previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame) -> None:
+        self.signal_number = number
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class Trainer:
+    """Builds the model, data, optimizer and EMA under Accelerate and runs the loop."""
+
+    def __init__(self, config: TrainingConfig):
+        self.config = config
+        self.preset = get_preset(config.preset)
+        self.output_dir = Path(config.output_dir)
+        check_output_dir(config, self.output_dir)
+        project = ProjectConfiguration(
+            project_dir=str(self.output_dir), logging_dir=str(self.output_dir / config.logging_dir)
+        )
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            mixed_precision=config.mixed_precision,
+            log_with=None if config.logger == "none" else config.logger,
+            project_config=project,
+        )
+        if config.resolution is None:
+            config.resolution = self.preset.unet["sample_size"]
+        unet_channels = (
+            load_unet_config(config.model_config_name_or_path).get("in_channels", 3)
+            if config.model_config_name_or_path
+            else self.preset.unet["in_channels"]
+        )
+        self.data = prepare_data(config, unet_channels, self.accelerator)
+        if config.conditional and self.data.num_classes == 0:
+            raise UserInputError("conditional training needs labelled data")
+        self.class_names = self.data.class_names or tuple(str(i) for i in range(self.data.num_classes))
+        self.unet = build_unet(config, self.preset, self.data.num_classes)
+        check_resolution(self.unet, config.resolution)
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=config.ddpm_num_steps,
+            beta_schedule=config.ddpm_beta_schedule,
+            prediction_type=config.prediction_type,
+            **{
+                k: v
+                for k, v in self.preset.scheduler.items()
+                if k not in ("num_train_timesteps", "beta_schedule")
+            },
+        )
+        self.steps_per_epoch = math.ceil(
+            self.data.plan.batches_per_epoch / config.gradient_accumulation_steps
+        )
+        self.max_train_steps = config.max_train_steps or config.num_epochs * self.steps_per_epoch
+        self._build_optimization()
+
+    def _build_optimization(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        if config.channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+        self.ema = (
+            EMAModel(
+                self.unet.parameters(),
+                decay=config.ema_max_decay,
+                use_ema_warmup=True,
+                inv_gamma=config.ema_inv_gamma,
+                power=config.ema_power,
+                foreach=True,
+                model_cls=UNet2DModel,
+                model_config=self.unet.config,
+            )
+            if config.use_ema
+            else None
+        )
+        fused = accelerator.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            self.unet.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+            fused=fused,
+        )
+        # The schedule is stepped once per optimizer step by this loop (not wrapped by Accelerate), so
+        # its length is the true number of optimizer steps whatever the number of processes
+        # (diffusers issue #8384).
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=self.max_train_steps,
+        )
+        model = torch.compile(self.unet) if config.compile else self.unet
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(self.lr_scheduler)
+        if self.ema is not None:
+            self.ema.to(accelerator.device)
+        self.noise_scheduler.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write to a hidden temporary folder, then rename it into place (atomic on one filesystem)."""
+        accelerator = self.accelerator
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        staging = self.output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
+        if accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        if accelerator.is_main_process:
+            if self.ema is not None:
+                self.ema.save_pretrained(str(staging / "unet_ema"))
+            state = {
+                "global_step": step,
+                "num_processes": accelerator.num_processes,
+                "seed": self.config.seed,
+            }
+            (staging / STATE_FILE).write_text(json.dumps(state))
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            self.prune_checkpoints()
+        accelerator.wait_for_everyone()
+        return final
+
+    def prune_checkpoints(self) -> None:
+        """Keep the newest `checkpoints_total_limit` complete checkpoints; drop stale temporaries."""
+        limit = self.config.checkpoints_total_limit
+        checkpoints = complete_checkpoints(self.output_dir)
+        if limit is not None:
+            for old in checkpoints[: max(0, len(checkpoints) - limit)]:
+                shutil.rmtree(old)
+
+    def load_checkpoint(self, path: Path) -> int:
+        self.accelerator.load_state(str(path))
+        if self.ema is not None:
+            loaded = EMAModel.from_pretrained(str(path / "unet_ema"), model_cls=UNet2DModel, foreach=True)
+            self.ema.load_state_dict(loaded.state_dict())
+            self.ema.to(self.accelerator.device)
+        return int(json.loads((path / STATE_FILE).read_text())["global_step"])
+
+    # ----------------------------------------------------------------- sampling and saving
+
+    def pipeline(self, scheduler=None) -> UnconditionalDDPMPipeline:
+        unet = self.accelerator.unwrap_model(self.model)
+        scheduler = scheduler or self.noise_scheduler
+        if self.config.conditional:
+            return ClassConditionalDDPMPipeline(
+                unet=unet, scheduler=scheduler, class_names=",".join(self.class_names)
+            )
+        return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+
+    def sample_grid(self):
+        """A grid from the EMA weights; conditional grids have one column per class."""
+        count = self.config.num_sample_images
+        scheduler = make_scheduler(self.config.sample_scheduler, self.noise_scheduler.config)
+        pipeline = self.pipeline(scheduler)
+        pipeline.set_progress_bar_config(disable=True)
+        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        kwargs = {"generator": generator, "num_inference_steps": self.config.ddpm_num_inference_steps}
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        with self.ema_weights():
+            if self.config.conditional:
+                labels = [i % self.data.num_classes for i in range(count)]
+                images = pipeline(class_labels=labels, guidance_scale=1.0, **kwargs).images
+                columns = self.data.num_classes
+            else:
+                images = pipeline(batch_size=count, **kwargs).images
+                columns = None
+        model.train()
+        return make_grid(images, columns)
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Context in which the model holds the EMA weights."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.unet.parameters())
+        self.ema.copy_to(self.unet.parameters())
+        try:
+            yield
+        finally:
+            self.ema.restore(self.unet.parameters())
+
+    def save_grid(self, step: int) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        grid = self.sample_grid()
+        path = self.output_dir / "progress" / f"step-{step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image("samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+        return path
+
+    def save_final_pipeline(self, summary: dict) -> None:
+        """The publishable folder: EMA weights, pipeline.py, model_index.json, sample grid."""
+        if not self.accelerator.is_main_process:
+            return
+        buffer = io.BytesIO()
+        self.sample_grid().save(buffer, format="PNG")
+        extra = {
+            "samples/grid.png": buffer.getvalue(),
+            "training_summary.json": json.dumps(summary, indent=2).encode(),
+        }
+        with self.ema_weights():
+            save_pipeline_folder(self.pipeline(), self.output_dir, extra_files=extra)
+
+    # ----------------------------------------------------------------- the loop
+
+    def train(self) -> dict:
+        config, accelerator = self.config, self.accelerator
+        resume = resolve_resume_path(config, self.output_dir)
+        if config.overwrite_output_dir and accelerator.is_main_process and resume is None:
+            for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                shutil.rmtree(stale)
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
+            accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
+        global_step = self.load_checkpoint(resume) if resume else 0
+        if resume:
+            logger.info("resumed from %s at step %d", resume, global_step)
+        last_checkpoint_step = global_step
+        accum = config.gradient_accumulation_steps
+        batches_per_epoch = self.data.plan.batches_per_epoch
+        start_time = time.perf_counter()
+        running = torch.zeros((), device=accelerator.device)
+        window, total_loss, total_count, last_loss = 0, 0.0, 0, float("nan")
+        progress = tqdm(
+            total=self.max_train_steps,
+            initial=global_step,
+            disable=not accelerator.is_local_main_process,
+            desc="training",
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        with StopRequest() as stop:
+            micro = global_step * accum
+            while global_step < self.max_train_steps:
+                epoch, start_batch = divmod(micro, batches_per_epoch)
+                for images, labels in self.data.batches.epoch(epoch, start_batch):
+                    torch.manual_seed(
+                        step_seed(config.seed, global_step, micro % accum, accelerator.process_index)
+                    )
+                    loss = self.training_step(images, labels)
+                    running += loss.detach()
+                    micro += 1
+                    if not accelerator.sync_gradients:
+                        continue
+                    if self.ema is not None:
+                        self.ema.step(self.unet.parameters())
+                    global_step += 1
+                    window += 1
+                    progress.update(1)
+                    due_log = global_step % config.logging_steps == 0 or global_step == self.max_train_steps
+                    due_checkpoint = global_step % config.checkpointing_steps == 0
+                    if due_log or due_checkpoint or stop.signal_number:
+                        health = accelerator.reduce(
+                            torch.stack(
+                                [
+                                    running / (window * accum),
+                                    torch.tensor(float(stop.signal_number), device=running.device),
+                                ]
+                            ),
+                            reduction="mean",
+                        ).tolist()
+                        last_loss, signalled = health[0], health[1] > 0
+                        if not math.isfinite(last_loss):
+                            raise TrainingStopped(self.divergence_message(global_step, window), exit_code=3)
+                        total_loss += last_loss * window
+                        total_count += window
+                        running.zero_()
+                        window = 0
+                        avg = total_loss / total_count
+                        progress.set_postfix(loss=f"{last_loss:.4f}", avg_loss=f"{avg:.4f}")
+                        accelerator.log(
+                            {
+                                "loss": last_loss,
+                                "avg_loss": avg,
+                                "lr": self.lr_scheduler.get_last_lr()[0],
+                                **self.ema_log(),
+                            },
+                            step=global_step,
+                        )
+                        if signalled:
+                            raise TrainingStopped(
+                                self.stop_message(global_step, last_checkpoint_step),
+                                128 + (stop.signal_number or signal.SIGTERM),
+                            )
+                    if due_checkpoint:
+                        self.save_checkpoint(global_step)
+                        last_checkpoint_step = global_step
+                    if global_step % config.save_images_steps == 0:
+                        self.save_grid(global_step)
+                    if global_step >= self.max_train_steps:
+                        break
+        progress.close()
+        wall_time = time.perf_counter() - start_time
+        if last_checkpoint_step != global_step:
+            self.save_checkpoint(global_step)
+        summary = {
+            "preset": config.preset,
+            "conditional": config.conditional,
+            "global_step": global_step,
+            "final_loss": last_loss,
+            "avg_loss": total_loss / max(total_count, 1),
+            "wall_time_s": wall_time,
+            "num_processes": accelerator.num_processes,
+            "total_batch_size": config.train_batch_size * accelerator.num_processes * accum,
+            "hardware": describe_hardware(accelerator),
+        }
+        self.save_final_pipeline(summary)
+        accelerator.end_training()
+        return summary
+
+    def ema_log(self) -> dict:
+        return (
+            {"ema_decay": self.ema.cur_decay_value}
+            if self.ema is not None and self.ema.cur_decay_value
+            else {}
+        )
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One micro-batch: noise the images (eq. 4), predict, regress the target (eq. 14)."""
+        config, accelerator = self.config, self.accelerator
+        clean = images.to(accelerator.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        if config.random_flip:
+            flip = torch.rand(clean.shape[0], device=clean.device) < 0.5
+            clean = torch.where(flip.view(-1, 1, 1, 1), clean.flip(-1), clean)
+        if config.channels_last:
+            clean = clean.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, config.ddpm_num_steps, (clean.shape[0],), device=clean.device)
+        noisy = self.noise_scheduler.add_noise(clean, noise, t)
+        class_labels = None
+        if config.conditional:
+            drop = torch.rand(labels.shape[0], device=labels.device) < config.cond_drop_prob
+            class_labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
+        with accelerator.accumulate(self.model):
+            prediction = self.model(noisy, t, class_labels=class_labels).sample
+            target = training_target(self.noise_scheduler, config.prediction_type, clean, noise, t)
+            loss = F.mse_loss(prediction.float(), target.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            if accelerator.sync_gradients:
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def divergence_message(self, step: int, window: int) -> str:
+        checkpoints = complete_checkpoints(self.output_dir)
+        kept = f"last good checkpoint: {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
+        return (
+            f"loss became non-finite between steps {step - window + 1} and {step}; stopped, {kept}; "
+            "nothing was published (try a lower --learning_rate or --mixed_precision no)"
+        )
+
+    def stop_message(self, step: int, last_checkpoint_step: int) -> str:
+        if step != last_checkpoint_step:
+            path = self.save_checkpoint(step)
+        else:
+            path = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        return f"interrupted at step {step}; saved {path}; continue with --resume_from_checkpoint latest"
+
+
+def describe_hardware(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = f"CPU ({os.cpu_count()} cores, {socket.gethostname()})"
+    return f"{accelerator.num_processes} x {name}"
+
+
+def run_training(config: TrainingConfig) -> dict:
+    """Train, save the pipeline folder, and push it when asked."""
+    trainer = Trainer(config)
+    summary = trainer.train()
+    if config.push_to_hub and trainer.accelerator.is_main_process:
+        from ddpm_zoo.hub import push_pipeline_folder
+
+        push_pipeline_folder(
+            config.output_dir, config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
+        )
+    return summary
+
+
+def main(argv: list[str] | None, conditional: bool) -> int:
+    """Entry point of both training scripts: one line and exit 2 for bad input."""
+    args = build_parser(conditional).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("accelerate", "diffusers", "datasets", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = resolve_config(args, conditional)
+        summary = run_training(config)
+    except UserInputError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except TrainingStopped as stopped:
+        print(f"error: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    print(
+        f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s; pipeline in {config.output_dir}"
+    )
+    return 0

@@ -1,0 +1,8 @@
+"""Train an unconditional DDPM: `accelerate launch train_unconditional.py [--preset mnist-tiny] [options]`."""
+
+import sys
+
+from ddpm_zoo.training import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], conditional=False))
