@@ -10,6 +10,8 @@ trust_remote_code=True)`` works without ddpm-zoo installed.
 """
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -67,9 +69,10 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
     def check_common_inputs(
         self, batch_size: int, num_inference_steps: int, output_type: str, tensor_inputs: list[str] | None
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        """Reject a batch size or step count below 1, an unknown output type or callback tensor."""
+        if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if not _is_integer(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(
                 f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}."
             )
@@ -138,11 +141,14 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """Algorithm 2: from x_T ~ N(0, I), step x_t -> x_{t-1} with the scheduler until x_0."""
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        num_inference_steps = int(num_inference_steps)
+        # Timesteps first: `init_noise_sigma` of sigma-based schedulers (Euler...) depends on them.
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         latents = self.prepare_latents(batch_size, generator)
-        self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            # Algorithm 2, line 4: the network's prediction at x_t (sigma schedulers rescale x_t first).
             model_output = predict(self.scheduler.scale_model_input(latents, t), t)
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
@@ -178,31 +184,43 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
     @property
     def num_classes(self) -> int:
         """Number of real classes; the null class index equals this number."""
-        return self.unet.config.num_class_embeds - 1
+        num_class_embeds = getattr(self.unet.config, "num_class_embeds", None)
+        if not num_class_embeds or num_class_embeds < 2:
+            raise ValueError(
+                "This UNet has no class embeddings (`num_class_embeds` is unset); "
+                "use `UnconditionalDDPMPipeline` for it."
+            )
+        return num_class_embeds - 1
 
     @property
     def labels(self) -> list[str]:
         """The class names in index order (empty when the model has none)."""
         return self.config.class_names.split(",") if self.config.class_names else []
 
+    def class_index(self, label: int | str) -> int:
+        """One label -> its class index: an int in range, a class name (any case) or a decimal string."""
+        if isinstance(label, str):
+            names = [name.strip().lower() for name in self.labels]
+            key = label.strip().lower()
+            if key in names:
+                return names.index(key)
+            if not key.lstrip("-").isdigit():
+                known = ", ".join(self.labels) if self.labels else "none (use integers)"
+                raise ValueError(f"Unknown class name {label!r}; this model's class names: {known}.")
+            label = int(key)
+        if not _is_integer(label) or not 0 <= label < self.num_classes:
+            raise ValueError(
+                f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}."
+            )
+        return int(label)
+
     def encode_class_labels(self, class_labels: int | str | list[int | str] | torch.Tensor) -> torch.Tensor:
         """Turn ints or class names into a tensor of class indices, checking each is in range."""
         if isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.flatten().tolist()
-        if isinstance(class_labels, (int, str)):
+        if isinstance(class_labels, (str, numbers.Integral)):
             class_labels = [class_labels]
-        indices = []
-        for label in class_labels:
-            if isinstance(label, str):
-                if label not in self.labels:
-                    known = ", ".join(self.labels) if self.labels else "none (use integers)"
-                    raise ValueError(f"Unknown class name {label!r}; this model's class names: {known}.")
-                label = self.labels.index(label)
-            if not isinstance(label, int) or not 0 <= label < self.num_classes:
-                raise ValueError(
-                    f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}."
-                )
-            indices.append(label)
+        indices = [self.class_index(label) for label in class_labels]
         if not indices:
             raise ValueError("`class_labels` must name at least one class.")
         return torch.tensor(indices, device=self._execution_device, dtype=torch.long)
@@ -210,10 +228,11 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
     def guided_prediction(
         self, model_input: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float
     ) -> torch.Tensor:
-        """Classifier-free guidance: eps = eps(x, null) + w * (eps(x, c) - eps(x, null)).
+        """Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w_paper = w - 1):
+        eps = eps(x, null) + w * (eps(x, c) - eps(x, null)).
 
         Scale 1 is the purely conditional and 0 the purely unconditional prediction, each one UNet call;
-        any other scale evaluates both in one batched call.
+        any other scale evaluates both in one batched call (conditional first, then null).
         """
         null_labels = torch.full_like(labels, self.num_classes)
         if guidance_scale == 1:
@@ -253,8 +272,7 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
             [`ImagePipelineOutput`] or `tuple`: the generated images, in the order of `class_labels`.
         """
         labels = self.encode_class_labels(class_labels)
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
+        check_guidance_scale(guidance_scale)
         self.check_common_inputs(
             len(labels), num_inference_steps, output_type, callback_on_step_end_tensor_inputs
         )
@@ -268,3 +286,19 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
+
+
+def _is_integer(value) -> bool:
+    """True for Python and NumPy integers, False for bools, floats and everything else."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_guidance_scale(guidance_scale: float) -> None:
+    """Classifier-free guidance needs a finite weight w >= 0."""
+    if (
+        not isinstance(guidance_scale, numbers.Real)
+        or isinstance(guidance_scale, bool)
+        or not math.isfinite(guidance_scale)
+        or guidance_scale < 0
+    ):
+        raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")

@@ -1,4 +1,10 @@
-"""Shared test fixtures: test-sized models (a few thousand parameters, 8-16 px)."""
+"""Shared test fixtures: test-sized models (a few thousand parameters, 8-16 px) and script launching."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,3 +30,77 @@ def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = N
 @pytest.fixture
 def tiny_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+BLOCK_DDPM_ZOO = (
+    "import sys\n"
+    "class _Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'ddpm_zoo' or name.startswith('ddpm_zoo.'):\n"
+    "            raise ImportError('ddpm_zoo must not be needed here')\n"
+    "sys.meta_path.insert(0, _Block())\n"
+)
+
+
+def write_tiny_unet_config(folder: Path, channels: int = 1, size: int = 8) -> Path:
+    """Save the test-sized UNet's config.json for `--model_config_name_or_path`."""
+    path = folder / "tiny_unet"
+    tiny_unet(channels, size).save_config(path)
+    return path
+
+
+def launch(script: str, args: list[str], num_processes: int = 1, timeout: float = 300, **kwargs):
+    """Run a training script under the real `accelerate launch` on CPU, returning the CompletedProcess.
+
+    Several processes go through Accelerate's torchrun launcher (`--multi_gpu`), which on a machine
+    without GPUs forms a gloo process group; Accelerate's `--cpu` launcher starts one process unless
+    mpirun is configured.
+    """
+    if num_processes > 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        mode = ["--multi_gpu", "--main_process_port", str(port)]
+    else:
+        mode = ["--cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *mode,
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO_ROOT / script),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+
+
+def tiny_training_args(output_dir: Path, config_dir: Path, steps: int = 6, **overrides) -> list[str]:
+    """Options for a few-step run of the test-sized UNet on the embedded digits at 8 px."""
+    options = {
+        "model_config_name_or_path": str(config_dir),
+        "resolution": "8",
+        "output_dir": str(output_dir),
+        "train_batch_size": "16",
+        "max_train_steps": str(steps),
+        "checkpointing_steps": "3",
+        "save_images_steps": "1000",
+        "num_sample_images": "4",
+        "ddpm_num_inference_steps": "3",
+        "logging_steps": "1",
+        "lr_warmup_steps": "2",
+        "logger": "none",
+        "mixed_precision": "no",
+        **overrides,
+    }
+    return [item for key, value in options.items() for item in (f"--{key}", value)]

@@ -229,7 +229,7 @@ def image_to_array(
         image = image.resize(size, Image.Resampling.BILINEAR)
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -246,6 +246,7 @@ class Trainer:
             mixed_precision=config.mixed_precision,
             log_with=None if config.logger == "none" else config.logger,
             project_config=project,
+            cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
         if config.resolution is None:
             config.resolution = self.preset.unet["sample_size"]

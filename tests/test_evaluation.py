@@ -1,0 +1,232 @@
+"""Evaluation: metric functions on controlled inputs, the shipped digit classifier, and `ddpm-zoo
+evaluate` end to end on a test-sized random model (offline)."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from conftest import tiny_unet
+from diffusers import DDPMScheduler
+from huggingface_hub import ModelCardData
+
+from ddpm_zoo import evaluation as ev
+from ddpm_zoo.data import COLOR_NAMES, color_indices, colorize, load_mnist_5k_arrays
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.presets import DIGIT_NAMES
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("eval-cache"))
+
+
+@pytest.fixture(autouse=True)
+def eval_cache(shared_cache, monkeypatch) -> str:
+    """Real-feature statistics go to a temporary cache, computed once for this module."""
+    monkeypatch.setenv("DDPM_ZOO_CACHE", shared_cache)
+    return shared_cache
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    arrays, labels = load_mnist_5k_arrays()
+    return torch.from_numpy(arrays).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+@pytest.fixture(scope="module")
+def held_out(digits) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = digits
+    _, test = ev.classifier_split(labels)
+    return images[test], labels[test]
+
+
+def correlated_features(count: int = 4000, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    return torch.randn(count, dim, generator=generator, dtype=torch.float64) @ mixing
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    features = correlated_features()
+    assert ev.frechet_distance_features(features, features) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_frechet_distance_grows_monotonically_with_a_shift():
+    features = correlated_features()
+    direction = torch.ones(features.shape[1], dtype=torch.float64) / features.shape[1] ** 0.5
+    shifts = [0.0, 0.1, 0.3, 1.0, 3.0]
+    distances = [ev.frechet_distance_features(features, features + s * direction) for s in shifts]
+    assert all(a < b for a, b in zip(distances, distances[1:], strict=False))
+    assert distances[-1] == pytest.approx(9.0, rel=1e-6)  # same covariance: FD = |shift|^2
+
+
+def test_frechet_distance_matches_the_closed_form_for_isotropic_gaussians():
+    dim = 8
+    mu = torch.zeros(dim, dtype=torch.float64)
+    a, b = 1.5, 0.5
+    sigma_a, sigma_b = a**2 * torch.eye(dim, dtype=torch.float64), b**2 * torch.eye(dim, dtype=torch.float64)
+    assert ev.frechet_distance(mu, sigma_a, mu, sigma_b) == pytest.approx(dim * (a - b) ** 2)
+
+
+def test_classifier_weights_match_their_metadata():
+    metadata = ev.classifier_metadata()
+    path = ev.classifier_path()
+    assert ev.file_sha256(path) == metadata["sha256"]
+    assert path.stat().st_size < 400_000
+    assert metadata["test_accuracy"] >= 0.97
+    classifier = ev.load_digit_classifier()
+    assert sum(p.numel() for p in classifier.parameters()) == metadata["parameters"]
+
+
+def test_conditional_accuracy_of_held_out_digits_reaches_the_reported_test_accuracy(held_out):
+    images, labels = held_out
+    probabilities, features = ev.classify(images)
+    accuracy = ev.conditional_accuracy(probabilities, labels)
+    assert accuracy >= ev.classifier_metadata()["test_accuracy"] - 1e-12
+    assert accuracy >= 0.97
+    assert features.shape == (len(images), 128)
+
+
+def test_real_digits_are_recognisable_also_in_color_and_at_other_sizes(held_out):
+    images, labels = held_out
+    probabilities, _ = ev.classify(images)
+    assert ev.recognisability(probabilities) >= 0.9
+    colored = colorize(images, torch.from_numpy(color_indices(len(images), seed=3)))
+    colored_probabilities, _ = ev.classify(colored)
+    assert torch.allclose(colored_probabilities, probabilities)
+    larger = torch.nn.functional.interpolate(images.float() / 255, size=(56, 56), mode="bilinear")
+    larger_probabilities, _ = ev.classify(larger)
+    assert ev.conditional_accuracy(larger_probabilities, labels) >= 0.95
+
+
+def test_real_held_out_digits_are_close_to_the_reference_and_noise_is_far(held_out):
+    context = ev.EvaluationContext(ev.digit_reference(), digits=True)
+    reference_stats = context.digit_statistics()
+    _, real = ev.classify(held_out[0])
+    noise = torch.rand(len(held_out[0]), 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    _, fake = ev.classify(noise)
+    fd_real = ev.frechet_distance(*ev.feature_statistics(real), *reference_stats)
+    fd_noise = ev.frechet_distance(*ev.feature_statistics(fake), *reference_stats)
+    assert fd_real * 20 < fd_noise
+
+
+def test_reference_statistics_are_cached_by_dataset_and_classifier(eval_cache):
+    reference = ev.digit_reference()
+    first = ev.reference_digit_statistics(reference)
+    cached = list(ev.cache_dir().glob("digit-features-*.safetensors"))
+    assert cached and str(cached[0]).startswith(eval_cache)
+    second = ev.reference_digit_statistics(reference)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_color_accuracy_of_colorizer_output_is_100_percent(digits):
+    images = digits[0][:600]
+    colors = torch.from_numpy(color_indices(len(images), seed=7))
+    colored = colorize(images, colors)
+    assert ev.color_accuracy(colored, colors) == 1.0
+    assert ev.color_accuracy(colored) == 1.0
+    assert ev.color_accuracy(colored, (colors + 1) % len(COLOR_NAMES)) == 0.0
+    assert sum(ev.color_counts(colored).values()) == len(images)
+
+
+def test_off_palette_colors_are_not_clean(digits):
+    images = digits[0][:50].float() / 255
+    orange = images * torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1)
+    assert ev.color_accuracy(orange) == 0.0
+
+
+def tiny_unconditional() -> UnconditionalDDPMPipeline:
+    return UnconditionalDDPMPipeline(unet=tiny_unet(channels=1, size=8), scheduler=DDPMScheduler())
+
+
+def tiny_colored_conditional() -> ClassConditionalDDPMPipeline:
+    unet = tiny_unet(channels=3, size=8, num_class_embeds=len(DIGIT_NAMES) + 1)
+    return ClassConditionalDDPMPipeline(unet=unet, scheduler=DDPMScheduler(), class_names=",".join(DIGIT_NAMES))
+
+
+def test_evaluate_pipeline_scores_an_unconditional_model(capsys):
+    pipeline = tiny_unconditional()
+    row = ev.evaluate_pipeline(
+        pipeline, num_samples=6, batch_size=4, scheduler="ddim", num_inference_steps=2, digits=True, progress=False
+    )
+    assert row["scheduler"] == "ddim" and row["guidance_scale"] is None
+    assert 0 <= row["recognisability"] <= 1 and row["fd_digits"] > 0 and row["samples_per_second"] > 0
+    assert "conditional_accuracy" not in row and "color_accuracy" not in row
+    assert sum(row["digit_counts"]) == 6
+    assert type(pipeline.scheduler) is DDPMScheduler  # the pipeline's own scheduler is restored
+    out = capsys.readouterr().out
+    if ev.inception_unavailable():
+        assert "FID/KID skipped" in out
+
+
+def evaluate_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ddpm-zoo")
+    ev.add_cli_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["evaluate", *argv])
+
+
+def test_cli_sweeps_a_colored_conditional_model_and_writes_json(tmp_path, capsys):
+    folder = save_pipeline_folder(tiny_colored_conditional(), tmp_path / "model")
+    args = evaluate_args(
+        str(folder), "--num_samples", "10", "--batch_size", "10", "--scheduler", "ddim,dpmsolver",
+        "--steps", "2", "--guidance", "0,3", "--device", "cpu",
+    )  # fmt: skip
+    assert args.func(args) == 0
+    document = json.loads((folder / ev.RESULTS_FILE).read_text())
+    rows = document["results"]
+    assert [(r["scheduler"], r["guidance_scale"]) for r in rows] == [
+        ("ddim", 0.0), ("ddim", 3.0), ("dpmsolver", 0.0), ("dpmsolver", 3.0)
+    ]  # fmt: skip
+    expected = {"conditional_accuracy", "recognisability", "fd_digits", "color_accuracy", "samples_per_second"}
+    assert all(expected <= row.keys() for row in rows)
+    assert document["reference"]["name"] == "mnist-5k"
+    assert document["digit_classifier"]["sha256"] == ev.classifier_metadata()["sha256"]
+    table = capsys.readouterr().out
+    assert "cond. acc." in table and "color acc." in table and "dpmsolver" in table
+
+    results = ev.eval_results_for_card(document)
+    assert {r.metric_type for r in results} >= {"conditional_accuracy", "fd_digits", "color_accuracy"}
+    card = ModelCardData(model_name="tiny", eval_results=results).to_dict()
+    assert card["model-index"][0]["results"][0]["task"]["type"] == "unconditional-image-generation"
+
+
+def test_cli_writes_to_the_output_path(tmp_path):
+    folder = save_pipeline_folder(tiny_unconditional(), tmp_path / "model")
+    target = tmp_path / "elsewhere" / "scores.json"
+    args = evaluate_args(
+        str(folder), "--num_samples", "4", "--steps", "1", "--model_kind", "digits", "--output", str(target),
+        "--no_extra_metrics", "--device", "cpu",
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert json.loads(target.read_text())["results"][0]["num_samples"] == 4
+    assert not (folder / ev.RESULTS_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "ten"], "--steps"),
+        (["--guidance", "-1"], "--guidance"),
+        (["--scheduler", "magic"], "--scheduler"),
+        (["--num_samples", "1"], "--num_samples"),
+    ],
+)
+def test_cli_rejects_bad_options(tmp_path, argv, message):
+    args = evaluate_args(str(tmp_path), *argv)
+    with pytest.raises(UserInputError, match=message):
+        args.func(args)
+
+
+def test_cli_rejects_a_folder_that_is_not_a_model(tmp_path):
+    args = evaluate_args(str(tmp_path))
+    with pytest.raises(UserInputError, match="model_index.json"):
+        args.func(args)
+
+
+def test_non_digit_model_needs_a_reference():
+    pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(channels=3, size=8), scheduler=DDPMScheduler())
+    with pytest.raises(UserInputError, match="--reference"):
+        ev.make_context(pipeline)

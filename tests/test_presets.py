@@ -1,0 +1,80 @@
+"""Presets build the networks they promise, and command-line options override preset defaults."""
+
+import pytest
+from diffusers import UNet2DModel
+
+from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.presets import PRESETS, get_preset
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_cifar10_ddpm_is_the_paper_network():
+    preset = get_preset("cifar10-ddpm")
+    model = UNet2DModel(**preset.unet)
+    assert parameter_count(model) == 35_746_307
+    assert model.config.dropout == 0.1
+    assert preset.training["learning_rate"] == 2e-4
+    assert preset.training["lr_warmup_steps"] == 5000
+    assert preset.training["train_batch_size"] == 128
+    assert preset.training["ema_max_decay"] == 0.9999
+    assert preset.training["random_flip"] is True
+
+
+@pytest.mark.parametrize("name, channels", [("mnist-tiny", 1), ("colored-mnist", 3)])
+def test_digit_presets_are_small_three_level_unets(name, channels):
+    preset = get_preset(name)
+    model = UNet2DModel(**preset.unet)
+    assert 1_000_000 <= parameter_count(model) <= 2_000_000
+    assert model.config.in_channels == channels
+    assert model.config.sample_size == 28
+    assert [t.startswith("Attn") for t in model.config.down_block_types] == [False, False, True]
+
+
+def test_every_preset_names_a_card_template_and_dataset():
+    for preset in PRESETS.values():
+        assert preset.card_template.endswith(".md")
+        assert preset.dataset.license
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown preset 'mnist-huge'; choose one of: mnist-tiny"):
+        get_preset("mnist-huge")
+
+
+def test_command_line_overrides_preset_defaults():
+    args = build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm", "--learning_rate", "3e-4"])
+    config = resolve_config(args, conditional=False)
+    assert config.learning_rate == 3e-4
+    assert config.train_batch_size == 128
+    assert config.dataset_name == "uoft-cs/cifar10"
+    assert config.output_dir == "ddpm-cifar10-ddpm-output"
+
+
+def test_conditional_script_defaults_to_colored_mnist():
+    config = resolve_config(build_parser(conditional=True).parse_args([]), conditional=True)
+    assert config.preset == "colored-mnist"
+    assert config.colorize is True
+    assert config.conditional is True
+    assert config.cond_drop_prob == 0.1
+
+
+def test_boolean_options_can_be_switched_off():
+    args = build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm", "--no-random_flip"])
+    assert resolve_config(args, conditional=False).random_flip is False
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--train_batch_size", "0"], "--train_batch_size must be at least 1"),
+        (["--learning_rate", "-1"], "--learning_rate must be positive"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+    ],
+)
+def test_bad_option_values_are_rejected(argv, message):
+    with pytest.raises(UserInputError, match=message):
+        resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)

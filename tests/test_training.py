@@ -1,0 +1,114 @@
+"""End-to-end runs of both training scripts under the real `accelerate launch` on CPU."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import BLOCK_DDPM_ZOO, REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
+from safetensors.torch import load_file
+
+LOAD_AND_SAMPLE = (
+    BLOCK_DDPM_ZOO
+    + """
+import json, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+kwargs = json.loads(sys.argv[2])
+images = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np", **kwargs).images
+print(json.dumps({"class": type(pipe).__name__, "shape": list(images.shape), "finite": bool(abs(images).max() < 2)}))
+"""
+)
+
+
+def load_and_sample(folder, **kwargs) -> dict:
+    """Load the folder with plain diffusers in a fresh process where ddpm_zoo cannot be imported."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SAMPLE, str(folder), json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def unet_config(tmp_path_factory):
+    return write_tiny_unet_config(tmp_path_factory.mktemp("config"))
+
+
+@pytest.fixture(scope="module")
+def unconditional_run(tmp_path_factory, unet_config):
+    output = tmp_path_factory.mktemp("runs") / "uncond"
+    result = launch("train_unconditional.py", tiny_training_args(output, unet_config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
+    index = json.loads((unconditional_run / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "UnconditionalDDPMPipeline"]
+    assert (unconditional_run / "pipeline.py").read_bytes() == (
+        REPO_ROOT / "pipelines" / "pipeline_ddpm_zoo.py"
+    ).read_bytes()
+    assert (unconditional_run / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert not list(unconditional_run.glob("unet/*.bin"))
+    assert (unconditional_run / "samples" / "grid.png").exists()
+    assert sorted(p.name for p in unconditional_run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    summary = json.loads((unconditional_run / "training_summary.json").read_text())
+    assert summary["global_step"] == 6 and summary["total_batch_size"] == 16
+
+
+def test_published_weights_are_the_ema_weights(unconditional_run):
+    published = load_file(unconditional_run / "unet" / "diffusion_pytorch_model.safetensors")
+    ema = load_file(unconditional_run / "checkpoint-6" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    raw = load_file(unconditional_run / "checkpoint-6" / "model.safetensors")
+    assert all(torch.equal(published[name], ema[name]) for name in published)
+    assert any(not torch.equal(published[name], raw[name]) for name in published)
+
+
+def test_unconditional_folder_loads_with_plain_diffusers(unconditional_run):
+    result = load_and_sample(unconditional_run, batch_size=3)
+    assert result == {"class": "UnconditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
+
+
+def test_conditional_run_respects_class_labels(tmp_path, unet_config):
+    output = tmp_path / "cond"
+    args = tiny_training_args(output, unet_config, steps=3, preset="mnist-tiny")
+    result = launch("train_conditional.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((output / "unet" / "config.json").read_text())
+    assert config["num_class_embeds"] == 11
+    index = json.loads((output / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "ClassConditionalDDPMPipeline"]
+    assert index["class_names"].split(",")[7] == "seven"
+    result = load_and_sample(output, class_labels=[0, "three", 7], guidance_scale=2.0)
+    assert result == {"class": "ClassConditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
+
+
+def test_two_processes_train_and_save(tmp_path, unet_config):
+    output = tmp_path / "ddp"
+    result = launch("train_unconditional.py", tiny_training_args(output, unet_config, steps=3), num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["total_batch_size"] == 32
+    assert (output / "checkpoint-3" / "random_states_1.pkl").exists()
+    assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
+
+
+def test_resume_continues_with_saved_optimizer_and_ema(tmp_path, unconditional_run, unet_config):
+    output = tmp_path / "resumed"
+    output.mkdir()
+    shutil.copytree(unconditional_run / "checkpoint-3", output / "checkpoint-3")
+    args = tiny_training_args(output, unet_config, resume_from_checkpoint="latest")
+    result = launch("train_unconditional.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr and "at step 3" in result.stderr
+    for name in ("model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"):
+        expected = load_file(unconditional_run / "checkpoint-6" / name)
+        actual = load_file(output / "checkpoint-6" / name)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), name
