@@ -210,6 +210,31 @@ def check_output_dir(config: TrainingConfig, output_dir: Path) -> None:
     )
 
 
+@dataclass
+class LossMeter:
+    """Loss summed on the device between reads, and the running average of what was read."""
+
+    running: torch.Tensor
+    micro_batches: int = 0
+    last: float = float("nan")
+    total: float = 0.0
+    count: int = 0
+
+    @property
+    def average(self) -> float:
+        return self.total / max(self.count, 1)
+
+    def steps_in_window(self, config: TrainingConfig) -> int:
+        return max(1, self.micro_batches // config.gradient_accumulation_steps)
+
+    def close_window(self, loss: float) -> None:
+        self.last = loss
+        self.total += loss * self.micro_batches
+        self.count += self.micro_batches
+        self.running.zero_()
+        self.micro_batches = 0
+
+
 class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint and exit cleanly."""
 
@@ -345,6 +370,7 @@ class Trainer:
             staging.rename(final)
             self.prune_checkpoints()
         accelerator.wait_for_everyone()
+        self.last_checkpoint_step = step
         return final
 
     def prune_checkpoints(self) -> None:
@@ -438,22 +464,19 @@ class Trainer:
     def train(self) -> dict:
         config, accelerator = self.config, self.accelerator
         resume = resolve_resume_path(config, self.output_dir)
-        if config.overwrite_output_dir and accelerator.is_main_process and resume is None:
-            for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-                shutil.rmtree(stale)
         if accelerator.is_main_process:
+            if config.overwrite_output_dir and resume is None:
+                for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                    shutil.rmtree(stale)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
         global_step = self.load_checkpoint(resume) if resume else 0
         if resume:
             logger.info("resumed from %s at step %d", resume, global_step)
-        last_checkpoint_step = global_step
+        self.last_checkpoint_step = global_step
         accum = config.gradient_accumulation_steps
-        batches_per_epoch = self.data.plan.batches_per_epoch
-        start_time = time.perf_counter()
-        running = torch.zeros((), device=accelerator.device)
-        window, total_loss, total_count, last_loss = 0, 0.0, 0, float("nan")
+        meter = LossMeter(torch.zeros((), device=accelerator.device))
         progress = tqdm(
             total=self.max_train_steps,
             initial=global_step,
@@ -461,77 +484,38 @@ class Trainer:
             desc="training",
             dynamic_ncols=True,
         )
+        start_time = time.perf_counter()
         self.model.train()
         with StopRequest() as stop:
             micro = global_step * accum
             while global_step < self.max_train_steps:
-                epoch, start_batch = divmod(micro, batches_per_epoch)
+                epoch, start_batch = divmod(micro, self.data.plan.batches_per_epoch)
                 for images, labels in self.data.batches.epoch(epoch, start_batch):
                     torch.manual_seed(
                         step_seed(config.seed, global_step, micro % accum, accelerator.process_index)
                     )
-                    loss = self.training_step(images, labels)
-                    running += loss.detach()
+                    meter.running += self.training_step(images, labels).detach()
+                    meter.micro_batches += 1
                     micro += 1
                     if not accelerator.sync_gradients:
                         continue
                     if self.ema is not None:
                         self.ema.step(self.unet.parameters())
                     global_step += 1
-                    window += 1
                     progress.update(1)
-                    due_log = global_step % config.logging_steps == 0 or global_step == self.max_train_steps
-                    due_checkpoint = global_step % config.checkpointing_steps == 0
-                    if due_log or due_checkpoint or stop.signal_number:
-                        health = accelerator.reduce(
-                            torch.stack(
-                                [
-                                    running / (window * accum),
-                                    torch.tensor(float(stop.signal_number), device=running.device),
-                                ]
-                            ),
-                            reduction="mean",
-                        ).tolist()
-                        last_loss, signalled = health[0], health[1] > 0
-                        if not math.isfinite(last_loss):
-                            raise TrainingStopped(self.divergence_message(global_step, window), exit_code=3)
-                        total_loss += last_loss * window
-                        total_count += window
-                        running.zero_()
-                        window = 0
-                        avg = total_loss / total_count
-                        progress.set_postfix(loss=f"{last_loss:.4f}", avg_loss=f"{avg:.4f}")
-                        accelerator.log(
-                            {
-                                "loss": last_loss,
-                                "avg_loss": avg,
-                                "lr": self.lr_scheduler.get_last_lr()[0],
-                                **self.ema_log(),
-                            },
-                            step=global_step,
-                        )
-                        if signalled:
-                            raise TrainingStopped(
-                                self.stop_message(global_step, last_checkpoint_step),
-                                128 + (stop.signal_number or signal.SIGTERM),
-                            )
-                    if due_checkpoint:
-                        self.save_checkpoint(global_step)
-                        last_checkpoint_step = global_step
-                    if global_step % config.save_images_steps == 0:
-                        self.save_grid(global_step)
+                    self.after_step(global_step, meter, progress, stop)
                     if global_step >= self.max_train_steps:
                         break
         progress.close()
         wall_time = time.perf_counter() - start_time
-        if last_checkpoint_step != global_step:
+        if self.last_checkpoint_step != global_step:
             self.save_checkpoint(global_step)
         summary = {
             "preset": config.preset,
             "conditional": config.conditional,
             "global_step": global_step,
-            "final_loss": last_loss,
-            "avg_loss": total_loss / max(total_count, 1),
+            "final_loss": meter.last,
+            "avg_loss": meter.average,
             "wall_time_s": wall_time,
             "num_processes": accelerator.num_processes,
             "total_batch_size": config.train_batch_size * accelerator.num_processes * accum,
@@ -540,6 +524,40 @@ class Trainer:
         self.save_final_pipeline(summary)
         accelerator.end_training()
         return summary
+
+    def after_step(self, step: int, meter: "LossMeter", progress: tqdm, stop: StopRequest) -> None:
+        """Logging, health checks, checkpoints and sample grids that fall due after optimizer step `step`.
+
+        The loss is read from the device (a host sync) only every `logging_steps`. Several processes
+        agree on the loss and on a pending signal through one small all-reduce at those steps, so
+        they all stop together; a single process reacts to a signal at once.
+        """
+        config, accelerator = self.config, self.accelerator
+        due_log = step % config.logging_steps == 0 or step == self.max_train_steps
+        due_checkpoint = step % config.checkpointing_steps == 0
+        signal_now = stop.signal_number and accelerator.num_processes == 1
+        if due_log or due_checkpoint or signal_now:
+            status = torch.stack(
+                [
+                    meter.running / meter.micro_batches,
+                    torch.tensor(float(stop.signal_number), device=meter.running.device),
+                ]
+            )
+            loss, signalled = accelerator.reduce(status, reduction="mean").tolist()
+            if not math.isfinite(loss):
+                raise TrainingStopped(
+                    self.divergence_message(step, meter.steps_in_window(config)), exit_code=3
+                )
+            meter.close_window(loss)
+            progress.set_postfix(loss=f"{loss:.4f}", avg_loss=f"{meter.average:.4f}")
+            logs = {"loss": loss, "avg_loss": meter.average, "lr": self.lr_scheduler.get_last_lr()[0]}
+            accelerator.log({**logs, **self.ema_log()}, step=step)
+            if signalled:
+                raise TrainingStopped(self.stop_message(step), 128 + (stop.signal_number or signal.SIGTERM))
+        if due_checkpoint:
+            self.save_checkpoint(step)
+        if step % config.save_images_steps == 0:
+            self.save_grid(step)
 
     def ema_log(self) -> dict:
         return (
@@ -585,8 +603,8 @@ class Trainer:
             "nothing was published (try a lower --learning_rate or --mixed_precision no)"
         )
 
-    def stop_message(self, step: int, last_checkpoint_step: int) -> str:
-        if step != last_checkpoint_step:
+    def stop_message(self, step: int) -> str:
+        if step != self.last_checkpoint_step:
             path = self.save_checkpoint(step)
         else:
             path = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -631,7 +649,6 @@ def main(argv: list[str] | None, conditional: bool) -> int:
     except TrainingStopped as stopped:
         print(f"error: {stopped}", file=sys.stderr)
         return stopped.exit_code
-    print(
-        f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s; pipeline in {config.output_dir}"
-    )
+    steps, seconds = summary["global_step"], summary["wall_time_s"]
+    print(f"done: {steps} steps in {seconds:.0f} s; pipeline in {config.output_dir}")
     return 0
