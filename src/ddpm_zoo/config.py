@@ -185,9 +185,7 @@ def load_unet_config(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserInputError(f"--model_config_name_or_path: {config_path} does not exist") from None
     except json.JSONDecodeError as error:
-        raise UserInputError(
-            f"--model_config_name_or_path: {config_path} is not valid JSON ({error})"
-        ) from None
+        raise UserInputError(f"--model_config_name_or_path: {config_path} is not valid JSON ({error})") from None
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 

@@ -92,9 +92,7 @@ def load_mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
 def load_mnist_5k() -> ImageSource:
     """The embedded digits as a `datasets.Dataset` with an `image` (PIL, mode L) and a `label` column."""
     images, labels = load_mnist_5k_arrays()
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(DIGIT_NAMES))}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(DIGIT_NAMES))})
     dataset = datasets.Dataset.from_dict(
         {"image": [Image.fromarray(image, mode="L") for image in images], "label": labels.tolist()},
         features=features,
@@ -166,9 +164,7 @@ def _pick_column(
 ) -> str | None:
     if requested is not None:
         if requested not in dataset.column_names:
-            raise DataError(
-                f"{what} column {requested!r} not found; columns: {', '.join(dataset.column_names)}"
-            )
+            raise DataError(f"{what} column {requested!r} not found; columns: {', '.join(dataset.column_names)}")
         return requested
     typed = [name for name, feature in dataset.features.items() if isinstance(feature, feature_type)]
     if typed:
@@ -198,25 +194,17 @@ def load_image_source(
         raise DataError(f"the dataset {train_data_dir or dataset_name} is empty")
     image_col = _pick_column(dataset, image_column, datasets.Image, IMAGE_COLUMN_GUESSES, "image")
     if image_col is None:
-        raise DataError(
-            f"no image column found; columns: {', '.join(dataset.column_names)} (use --image_column)"
-        )
+        raise DataError(f"no image column found; columns: {', '.join(dataset.column_names)} (use --image_column)")
     label_col = _pick_column(dataset, label_column, datasets.ClassLabel, LABEL_COLUMN_GUESSES, "label")
     feature = dataset.features.get(label_col) if label_col else None
     class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
     return ImageSource(dataset, image_col, label_col, class_names)
 
 
-def image_to_array(
-    image: Image.Image, resolution: int, channels: int, convert_channels: bool, name: str
-) -> np.ndarray:
+def image_to_array(image: Image.Image, resolution: int, channels: int, convert_channels: bool, name: str) -> np.ndarray:
     """One PIL image -> uint8 (C, resolution, resolution): channels checked, shorter side resized, centre crop."""
     mode = {1: "L", 3: "RGB"}[channels]
-    native = (
-        image.mode
-        if image.mode in ("L", "RGB")
-        else ("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
-    )
+    native = image.mode if image.mode in ("L", "RGB") else ("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
     if native != mode and not convert_channels:
         raise DataError(
             f"{name} has {3 if native == 'RGB' else 1} channel(s) but the model expects {channels}; "
@@ -259,9 +247,7 @@ def decode_dataset(
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             if not skip_bad_images:
                 bad = value.get("path") or f"image #{index}"
-                raise DataError(
-                    f"cannot read {bad}: {error} (pass --skip_bad_images to skip such files)"
-                ) from None
+                raise DataError(f"cannot read {bad}: {error} (pass --skip_bad_images to skip such files)") from None
             skipped += 1
             continue
         arrays.append(image_to_array(image, resolution, channels, convert_channels, name))
@@ -294,9 +280,7 @@ def apply_colorizer(decoded: DecodedImages, seed: int) -> DecodedImages:
     if decoded.images.shape[1] != 1:
         raise DataError("the colorizer needs grayscale (1-channel) images")
     colors = torch.from_numpy(color_indices(len(decoded.images), seed))
-    return DecodedImages(
-        colorize(decoded.images, colors), decoded.labels, decoded.class_names, decoded.skipped, colors
-    )
+    return DecodedImages(colorize(decoded.images, colors), decoded.labels, decoded.class_names, decoded.skipped, colors)
 
 
 class EpochIndexPlan:
@@ -304,9 +288,7 @@ class EpochIndexPlan:
     round-robin to processes, cut into full batches. Depends only on (seed, epoch), so a resumed run
     sees the same batches as an uninterrupted one."""
 
-    def __init__(
-        self, num_samples: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1
-    ):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, process_index: int = 0, num_processes: int = 1):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -346,9 +328,7 @@ class InMemoryBatches:
 class _DecodeOnRead(torch.utils.data.Dataset):
     """Per-sample decoding for the streaming path (runs in DataLoader workers)."""
 
-    def __init__(
-        self, source: ImageSource, resolution: int, channels: int, convert_channels: bool, labels: bool
-    ):
+    def __init__(self, source: ImageSource, resolution: int, channels: int, convert_channels: bool, labels: bool):
         self.dataset = source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
         self.source = source
         self.resolution = resolution

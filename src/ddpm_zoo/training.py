@@ -32,6 +32,15 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ddpm_zoo import data as data_lib
+from ddpm_zoo.checkpoints import (
+    CHECKPOINT_PREFIX,
+    RUN_RECORD,
+    check_output_dir,
+    complete_checkpoints,
+    load_checkpoint,
+    resolve_resume_path,
+    save_checkpoint,
+)
 from ddpm_zoo.config import TrainingConfig, build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import save_pipeline_folder
@@ -42,9 +51,6 @@ from ddpm_zoo.visualize import make_grid
 
 logger = logging.getLogger("ddpm_zoo")
 
-RUN_RECORD = "ddpm_zoo_run.json"
-STATE_FILE = "training_state.json"
-CHECKPOINT_PREFIX = "checkpoint-"
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
 
 
@@ -72,9 +78,7 @@ def build_unet(config: TrainingConfig, preset: Preset, num_classes: int) -> UNet
     """The preset's UNet (or `--model_config_name_or_path`), with num_classes + 1 class embeddings
     (the last one is the null class) for conditional training."""
     unet_config = (
-        load_unet_config(config.model_config_name_or_path)
-        if config.model_config_name_or_path
-        else dict(preset.unet)
+        load_unet_config(config.model_config_name_or_path) if config.model_config_name_or_path else dict(preset.unet)
     )
     if config.resolution is not None:
         unet_config["sample_size"] = config.resolution
@@ -89,9 +93,7 @@ def build_unet(config: TrainingConfig, preset: Preset, num_classes: int) -> UNet
 def check_resolution(unet: UNet2DModel, resolution: int) -> None:
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if resolution % factor:
-        raise UserInputError(
-            f"--resolution {resolution} is not divisible by the UNet's downsampling factor {factor}"
-        )
+        raise UserInputError(f"--resolution {resolution} is not divisible by the UNet's downsampling factor {factor}")
 
 
 def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator) -> PreparedData:
@@ -120,9 +122,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             config.conditional,
             config.dataloader_num_workers,
         )
-        return PreparedData(
-            batches, plan, unet_channels, len(source.class_names), source.class_names, plan.num_samples
-        )
+        return PreparedData(batches, plan, unet_channels, len(source.class_names), source.class_names, plan.num_samples)
     decoded = data_lib.decode_dataset(
         source,
         config.resolution,
@@ -136,9 +136,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     if config.colorize:
         decoded = data_lib.apply_colorizer(decoded, config.seed)
     if decoded.images.shape[1] != unet_channels:
-        raise UserInputError(
-            f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}"
-        )
+        raise UserInputError(f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}")
     num_classes = len(decoded.class_names)
     if decoded.labels is not None:
         num_classes = num_classes or int(decoded.labels.max()) + 1
@@ -167,47 +165,6 @@ def training_target(
     if prediction_type == "v_prediction":
         return scheduler.get_velocity(clean, noise, t)
     return clean
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX) :])
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoints that finished writing (they hold STATE_FILE), oldest first."""
-    found = [
-        path
-        for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-        if path.is_dir() and path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / STATE_FILE).exists()
-    ]
-    return sorted(found, key=checkpoint_step)
-
-
-def resolve_resume_path(config: TrainingConfig, output_dir: Path) -> Path | None:
-    if config.resume_from_checkpoint is None:
-        return None
-    if config.resume_from_checkpoint == "latest":
-        checkpoints = complete_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
-    path = Path(config.resume_from_checkpoint)
-    if not path.is_absolute() and not path.exists():
-        path = output_dir / path
-    if not (path / STATE_FILE).exists():
-        raise UserInputError(
-            f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a complete checkpoint"
-        )
-    return path
-
-
-def check_output_dir(config: TrainingConfig, output_dir: Path) -> None:
-    """Refuse to train into a folder that holds a different run unless asked to overwrite or resume."""
-    record = output_dir / RUN_RECORD
-    if not record.exists() or config.overwrite_output_dir or config.resume_from_checkpoint:
-        return
-    raise UserInputError(
-        f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
-        "continue it or --overwrite_output_dir to start over"
-    )
 
 
 @dataclass
@@ -262,7 +219,7 @@ class Trainer:
         self.config = config
         self.preset = get_preset(config.preset)
         self.output_dir = Path(config.output_dir)
-        check_output_dir(config, self.output_dir)
+        check_output_dir(self.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint is not None)
         project = ProjectConfiguration(
             project_dir=str(self.output_dir), logging_dir=str(self.output_dir / config.logging_dir)
         )
@@ -290,15 +247,9 @@ class Trainer:
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
             prediction_type=config.prediction_type,
-            **{
-                k: v
-                for k, v in self.preset.scheduler.items()
-                if k not in ("num_train_timesteps", "beta_schedule")
-            },
+            **{k: v for k, v in self.preset.scheduler.items() if k not in ("num_train_timesteps", "beta_schedule")},
         )
-        self.steps_per_epoch = math.ceil(
-            self.data.plan.batches_per_epoch / config.gradient_accumulation_steps
-        )
+        self.steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_epochs * self.steps_per_epoch
         self._build_optimization()
 
@@ -348,46 +299,9 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, step: int) -> Path:
-        """Write to a hidden temporary folder, then rename it into place (atomic on one filesystem)."""
-        accelerator = self.accelerator
-        final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
-        staging = self.output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
-        if accelerator.is_main_process and staging.exists():
-            shutil.rmtree(staging)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))
-        if accelerator.is_main_process:
-            if self.ema is not None:
-                self.ema.save_pretrained(str(staging / "unet_ema"))
-            state = {
-                "global_step": step,
-                "num_processes": accelerator.num_processes,
-                "seed": self.config.seed,
-            }
-            (staging / STATE_FILE).write_text(json.dumps(state))
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-            self.prune_checkpoints()
-        accelerator.wait_for_everyone()
+        path = save_checkpoint(self.accelerator, self.ema, self.output_dir, step, self.config.checkpoints_total_limit)
         self.last_checkpoint_step = step
-        return final
-
-    def prune_checkpoints(self) -> None:
-        """Keep the newest `checkpoints_total_limit` complete checkpoints; drop stale temporaries."""
-        limit = self.config.checkpoints_total_limit
-        checkpoints = complete_checkpoints(self.output_dir)
-        if limit is not None:
-            for old in checkpoints[: max(0, len(checkpoints) - limit)]:
-                shutil.rmtree(old)
-
-    def load_checkpoint(self, path: Path) -> int:
-        self.accelerator.load_state(str(path))
-        if self.ema is not None:
-            loaded = EMAModel.from_pretrained(str(path / "unet_ema"), model_cls=UNet2DModel, foreach=True)
-            self.ema.load_state_dict(loaded.state_dict())
-            self.ema.to(self.accelerator.device)
-        return int(json.loads((path / STATE_FILE).read_text())["global_step"])
+        return path
 
     # ----------------------------------------------------------------- sampling and saving
 
@@ -395,9 +309,7 @@ class Trainer:
         unet = self.accelerator.unwrap_model(self.model)
         scheduler = scheduler or self.noise_scheduler
         if self.config.conditional:
-            return ClassConditionalDDPMPipeline(
-                unet=unet, scheduler=scheduler, class_names=",".join(self.class_names)
-            )
+            return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=",".join(self.class_names))
         return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
 
     def sample_grid(self):
@@ -463,7 +375,7 @@ class Trainer:
 
     def train(self) -> dict:
         config, accelerator = self.config, self.accelerator
-        resume = resolve_resume_path(config, self.output_dir)
+        resume = resolve_resume_path(config.resume_from_checkpoint, self.output_dir)
         if accelerator.is_main_process:
             if config.overwrite_output_dir and resume is None:
                 for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
@@ -471,7 +383,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
-        global_step = self.load_checkpoint(resume) if resume else 0
+        global_step = load_checkpoint(accelerator, self.ema, resume) if resume else 0
         if resume:
             logger.info("resumed from %s at step %d", resume, global_step)
         self.last_checkpoint_step = global_step
@@ -491,9 +403,7 @@ class Trainer:
             while global_step < self.max_train_steps:
                 epoch, start_batch = divmod(micro, self.data.plan.batches_per_epoch)
                 for images, labels in self.data.batches.epoch(epoch, start_batch):
-                    torch.manual_seed(
-                        step_seed(config.seed, global_step, micro % accum, accelerator.process_index)
-                    )
+                    torch.manual_seed(step_seed(config.seed, global_step, micro % accum, accelerator.process_index))
                     meter.running += self.training_step(images, labels).detach()
                     meter.micro_batches += 1
                     micro += 1
@@ -545,9 +455,7 @@ class Trainer:
             )
             loss, signalled = accelerator.reduce(status, reduction="mean").tolist()
             if not math.isfinite(loss):
-                raise TrainingStopped(
-                    self.divergence_message(step, meter.steps_in_window(config)), exit_code=3
-                )
+                raise TrainingStopped(self.divergence_message(step, meter.steps_in_window(config)), exit_code=3)
             meter.close_window(loss)
             progress.set_postfix(loss=f"{loss:.4f}", avg_loss=f"{meter.average:.4f}")
             logs = {"loss": loss, "avg_loss": meter.average, "lr": self.lr_scheduler.get_last_lr()[0]}
@@ -560,11 +468,7 @@ class Trainer:
             self.save_grid(step)
 
     def ema_log(self) -> dict:
-        return (
-            {"ema_decay": self.ema.cur_decay_value}
-            if self.ema is not None and self.ema.cur_decay_value
-            else {}
-        )
+        return {"ema_decay": self.ema.cur_decay_value} if self.ema is not None and self.ema.cur_decay_value else {}
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One micro-batch: noise the images (eq. 4), predict, regress the target (eq. 14)."""
@@ -649,6 +553,13 @@ def main(argv: list[str] | None, conditional: bool) -> int:
     except TrainingStopped as stopped:
         print(f"error: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    except OSError as error:
+        if args.debug:
+            raise
+        kept = complete_checkpoints(Path(config.output_dir))
+        where = f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was completed"
+        print(f"error: cannot write to {config.output_dir}: {error.strerror or error}; {where}", file=sys.stderr)
+        return 1
     steps, seconds = summary["global_step"], summary["wall_time_s"]
     print(f"done: {steps} steps in {seconds:.0f} s; pipeline in {config.output_dir}")
     return 0
