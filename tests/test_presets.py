@@ -41,7 +41,7 @@ def test_every_preset_names_a_card_template_and_dataset():
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown preset 'mnist-huge'; choose one of: mnist-tiny"):
+    with pytest.raises(UserInputError, match="unknown preset 'mnist-huge'; choose one of: mnist-tiny"):
         get_preset("mnist-huge")
 
 

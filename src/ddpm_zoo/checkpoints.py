@@ -20,6 +20,10 @@ STATE_FILE = "training_state.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, permissions); nothing half-written remains."""
+
+
 def checkpoint_step(path: Path) -> int:
     return int(path.name[len(CHECKPOINT_PREFIX) :])
 
@@ -80,9 +84,9 @@ def save_checkpoint(
                 shutil.rmtree(final)
             staging.rename(final)
             prune_checkpoints(output_dir, total_limit)
-    except OSError:
+    except Exception as error:  # safetensors and torch.save report a full disk as their own errors
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise CheckpointWriteError(f"writing {final.name} failed ({error})") from error
     accelerator.wait_for_everyone()
     return final
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -74,30 +74,35 @@ class PreparedData:
     num_images: int
 
 
-def build_unet(config: TrainingConfig, preset: Preset, num_classes: int) -> UNet2DModel:
-    """The preset's UNet (or `--model_config_name_or_path`), with num_classes + 1 class embeddings
-    (the last one is the null class) for conditional training."""
+def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
+    """The preset's UNet2DModel config (or `--model_config_name_or_path`) at the chosen resolution,
+    checked against the UNet's downsampling factor."""
     unet_config = (
         load_unet_config(config.model_config_name_or_path) if config.model_config_name_or_path else dict(preset.unet)
     )
-    if config.resolution is not None:
-        unet_config["sample_size"] = config.resolution
-    if config.conditional:
-        unet_config["num_class_embeds"] = num_classes + 1
+    unet_config["sample_size"] = config.resolution or unet_config.get("sample_size", 32)
+    factor = 2 ** (len(unet_config.get("block_out_channels", (0,) * 4)) - 1)
+    if unet_config["sample_size"] % factor:
+        raise UserInputError(
+            f"--resolution {unet_config['sample_size']} is not divisible by the UNet's downsampling factor {factor}"
+        )
+    return unet_config
+
+
+def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
+    """A UNet2DModel; conditional models get num_classes + 1 class embeddings (the last is the null class)."""
     try:
-        return UNet2DModel(**unet_config)
+        return UNet2DModel(**unet_config, **({"num_class_embeds": num_class_embeds} if num_class_embeds else {}))
     except (TypeError, ValueError) as error:
         raise UserInputError(f"invalid UNet2DModel config: {error}") from None
 
 
-def check_resolution(unet: UNet2DModel, resolution: int) -> None:
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    if resolution % factor:
-        raise UserInputError(f"--resolution {resolution} is not divisible by the UNet's downsampling factor {factor}")
+def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator, preset: Preset) -> PreparedData:
+    """Load the source, then decode it once into memory (or stream it when it is large).
 
-
-def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator) -> PreparedData:
-    """Load the source, then decode it once into memory (or stream it when it is large)."""
+    Conditional training needs labels in 0..num_classes-1, where num_classes comes from the dataset's
+    class names, else from the preset's.
+    """
     source = data_lib.load_image_source(
         config.dataset_name,
         config.train_data_dir,
@@ -106,6 +111,9 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
         config.label_column,
         config.cache_dir,
     )
+    class_names = (source.class_names or preset.class_names) if config.conditional else ()
+    if config.conditional and not class_names:
+        raise UserInputError("conditional training needs class names: a ClassLabel label column or a preset's classes")
     source_channels = 1 if config.colorize else unet_channels
     size = data_lib.in_memory_bytes(len(source.dataset), source_channels, config.resolution)
     plan_args = (config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
@@ -122,7 +130,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             config.conditional,
             config.dataloader_num_workers,
         )
-        return PreparedData(batches, plan, unet_channels, len(source.class_names), source.class_names, plan.num_samples)
+        return PreparedData(batches, plan, unet_channels, len(class_names), class_names, plan.num_samples)
     decoded = data_lib.decode_dataset(
         source,
         config.resolution,
@@ -137,17 +145,20 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
         decoded = data_lib.apply_colorizer(decoded, config.seed)
     if decoded.images.shape[1] != unet_channels:
         raise UserInputError(f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}")
-    num_classes = len(decoded.class_names)
     if decoded.labels is not None:
-        num_classes = num_classes or int(decoded.labels.max()) + 1
-        bad = (decoded.labels < 0) | (decoded.labels >= num_classes)
-        if bool(bad.any()):
+        outside = (decoded.labels < 0) | (decoded.labels >= len(class_names))
+        if bool(outside.any()):
             raise UserInputError(
-                f"label {int(decoded.labels[bad][0])} is outside the model's classes 0..{num_classes - 1}"
+                f"label {int(decoded.labels[outside][0])} is outside the model's classes 0..{len(class_names) - 1}"
             )
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
-    return PreparedData(batches, plan, unet_channels, num_classes, decoded.class_names, len(decoded.images))
+    return PreparedData(batches, plan, unet_channels, len(class_names), class_names, len(decoded.images))
+
+
+def parameters_finite(model: torch.nn.Module) -> bool:
+    """True when no weight is NaN or infinite (one host sync)."""
+    return bool(torch.stack([p.detach().abs().amax() for p in model.parameters()]).isfinite().all())
 
 
 def step_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
@@ -219,7 +230,10 @@ class Trainer:
         self.config = config
         self.preset = get_preset(config.preset)
         self.output_dir = Path(config.output_dir)
-        check_output_dir(self.output_dir, config.overwrite_output_dir, config.resume_from_checkpoint is not None)
+        resuming = config.resume_from_checkpoint is not None
+        check_output_dir(self.output_dir, config.overwrite_output_dir, resuming)
+        unet_config = resolve_unet_config(config, self.preset)
+        config.resolution = unet_config["sample_size"]
         project = ProjectConfiguration(
             project_dir=str(self.output_dir), logging_dir=str(self.output_dir / config.logging_dir)
         )
@@ -230,19 +244,9 @@ class Trainer:
             project_config=project,
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
-        if config.resolution is None:
-            config.resolution = self.preset.unet["sample_size"]
-        unet_channels = (
-            load_unet_config(config.model_config_name_or_path).get("in_channels", 3)
-            if config.model_config_name_or_path
-            else self.preset.unet["in_channels"]
-        )
-        self.data = prepare_data(config, unet_channels, self.accelerator)
-        if config.conditional and self.data.num_classes == 0:
-            raise UserInputError("conditional training needs labelled data")
-        self.class_names = self.data.class_names or tuple(str(i) for i in range(self.data.num_classes))
-        self.unet = build_unet(config, self.preset, self.data.num_classes)
-        check_resolution(self.unet, config.resolution)
+        self.data = prepare_data(config, unet_config.get("in_channels", 3), self.accelerator, self.preset)
+        set_seed(config.seed)
+        self.unet = build_unet(unet_config, self.data.num_classes + 1 if config.conditional else None)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
@@ -309,7 +313,9 @@ class Trainer:
         unet = self.accelerator.unwrap_model(self.model)
         scheduler = scheduler or self.noise_scheduler
         if self.config.conditional:
-            return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=",".join(self.class_names))
+            return ClassConditionalDDPMPipeline(
+                unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
+            )
         return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
 
     def sample_grid(self):
@@ -398,7 +404,7 @@ class Trainer:
         )
         start_time = time.perf_counter()
         self.model.train()
-        with StopRequest() as stop:
+        with StopRequest() as stop, contextlib.closing(progress):
             micro = global_step * accum
             while global_step < self.max_train_steps:
                 epoch, start_batch = divmod(micro, self.data.plan.batches_per_epoch)
@@ -416,7 +422,6 @@ class Trainer:
                     self.after_step(global_step, meter, progress, stop)
                     if global_step >= self.max_train_steps:
                         break
-        progress.close()
         wall_time = time.perf_counter() - start_time
         if self.last_checkpoint_step != global_step:
             self.save_checkpoint(global_step)
@@ -463,6 +468,8 @@ class Trainer:
             if signalled:
                 raise TrainingStopped(self.stop_message(step), 128 + (stop.signal_number or signal.SIGTERM))
         if due_checkpoint:
+            if not parameters_finite(self.unet):
+                raise TrainingStopped(self.divergence_message(step, 1), exit_code=3)
             self.save_checkpoint(step)
         if step % config.save_images_steps == 0:
             self.save_grid(step)

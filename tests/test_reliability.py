@@ -1,0 +1,301 @@
+"""Interrupted runs lose nothing, resume is exact, bad input gets one clear line and exit status 2."""
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import REPO_ROOT, tiny_training_args, write_tiny_unet_config
+from PIL import Image
+from safetensors.torch import load_file
+
+from ddpm_zoo import checkpoints
+from ddpm_zoo.training import main as training_main
+
+SCRIPT = str(REPO_ROOT / "train_unconditional.py")
+LONG_RUN = {"checkpointing_steps": "10", "logging_steps": "1", "lr_warmup_steps": "5"}
+
+
+@pytest.fixture(scope="module")
+def unet_config(tmp_path_factory):
+    return write_tiny_unet_config(tmp_path_factory.mktemp("config"))
+
+
+def run_script(args: list[str], script: str = SCRIPT, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=240, env=env, **kwargs
+    )
+
+
+def start_script(args: list[str]) -> subprocess.Popen:
+    """Start a run in its own process group, as a terminal or a job scheduler would signal it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    expected, actual = load_file(first), load_file(second)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_latest_ignores_half_written_checkpoints(tmp_path):
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoints.STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-9").mkdir()
+    (tmp_path / ".checkpoint-12.tmp").mkdir()
+    assert checkpoints.resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-6"
+    checkpoints.prune_checkpoints(tmp_path, total_limit=1)
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-6"]
+
+
+def test_sigkill_then_resume_reaches_the_same_parameters(tmp_path, unet_config):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    args = {**LONG_RUN, "checkpoints_total_limit": "100"}
+    result = run_script(tiny_training_args(reference, unet_config, steps=120, **args))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = start_script(tiny_training_args(killed, unet_config, steps=120, **args))
+    wait_for(killed / "checkpoint-20", process)
+    time.sleep(random.uniform(0.0, 0.5))
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model_index.json").exists(), "the run finished before it could be killed"
+
+    resumed = run_script(tiny_training_args(killed, unet_config, steps=120, resume_from_checkpoint="latest", **args))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(
+        reference / "checkpoint-120" / "model.safetensors", killed / "checkpoint-120" / "model.safetensors"
+    )
+    unet_weights = "unet/diffusion_pytorch_model.safetensors"
+    assert_same_weights(reference / unet_weights, killed / unet_weights)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, unet_config, signal_number):
+    output = tmp_path / "run"
+    process = start_script(tiny_training_args(output, unet_config, steps=100_000, **LONG_RUN))
+    wait_for(output / "checkpoint-10", process)
+    os.killpg(process.pid, signal_number)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal_number
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("error: interrupted at step ") and "--resume_from_checkpoint latest" in message
+    step = int(message.split("interrupted at step ")[1].split(";")[0])
+    assert (output / f"checkpoint-{step}" / checkpoints.STATE_FILE).exists()
+    assert not (output / "model_index.json").exists()
+
+
+def test_non_finite_loss_stops_keeps_checkpoints_and_publishes_nothing(tmp_path, unet_config):
+    output = tmp_path / "run"
+    args = tiny_training_args(
+        output,
+        unet_config,
+        steps=50,
+        learning_rate="1e30",
+        max_grad_norm="1e30",
+        lr_warmup_steps="4",
+        lr_scheduler="constant_with_warmup",
+        checkpointing_steps="1",
+        checkpoints_total_limit="100",
+    )
+    result = run_script(args)
+    assert result.returncode == 3
+    message = result.stderr.strip().splitlines()[-1]
+    assert "loss became non-finite" in message and "nothing was published" in message
+    kept = checkpoints.complete_checkpoints(output)
+    assert kept and str(kept[-1]) in message
+    assert not (output / "model_index.json").exists()
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_kib: int):
+    """A tmpfs of `size_kib` at `path` where mounting is allowed, else a per-file size limit for children."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)], capture_output=True
+    )
+    try:
+        yield None if mounted.returncode == 0 else size_kib * 1024
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint(tmp_path, unet_config):
+    disk = tmp_path / "disk"
+    with small_disk(disk, size_kib=6000) as file_limit:
+        output = disk / "run"
+        args = {"checkpoints_total_limit": "100", "save_images_steps": "100000"}
+        first = run_script(tiny_training_args(output, unet_config, steps=3, **args))
+        assert first.returncode == 0, first.stderr[-3000:]
+        before = folder_digest(output / "checkpoint-3")
+        if file_limit is None:
+            free = shutil.disk_usage(disk).free
+            (disk / "filler").write_bytes(b"\0" * max(0, free - 64 * 1024))
+
+        def limit_file_size():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+        resumed = run_script(
+            tiny_training_args(output, unet_config, steps=6, resume_from_checkpoint="latest", **args),
+            preexec_fn=limit_file_size if file_limit else None,
+        )
+        assert resumed.returncode == 1
+        message = resumed.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: cannot write to") and "checkpoint-3" in message
+        assert folder_digest(output / "checkpoint-3") == before
+        assert not (output / "checkpoint-6").exists()
+        assert not list(output.glob(".checkpoint-*"))
+
+
+def test_many_short_train_resume_cycles(tmp_path, unet_config):
+    output = tmp_path / "run"
+    for steps in (2, 4, 6, 8):
+        args = tiny_training_args(
+            output, unet_config, steps=steps, checkpointing_steps="2", resume_from_checkpoint="latest"
+        )
+        result = run_script(args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        state = json.loads((output / f"checkpoint-{steps}" / checkpoints.STATE_FILE).read_text())
+        assert state["global_step"] == steps
+    assert [p.name for p in checkpoints.complete_checkpoints(output)] == ["checkpoint-6", "checkpoint-8"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _rgb_folder(root: Path) -> Path:
+    (root / "a").mkdir(parents=True)
+    for i in range(20):
+        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(root / "a" / f"{i}.png")
+    return root
+
+
+def _labelled_parquet(root: Path, label: int) -> Path:
+    root.mkdir()
+    images = [Image.new("L", (8, 8), i) for i in range(20)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    labels = [i % 10 for i in range(19)] + [label]
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+        str(root / "d.parquet")
+    )
+    return root
+
+
+BAD_INPUT = {
+    "unknown preset": (["--preset", "mnist-huge"], "unknown preset 'mnist-huge'"),
+    "missing data dir": (["--train_data_dir", "{tmp}/nowhere"], "does not exist"),
+    "empty data dir": (["--train_data_dir", "{empty}"], "holds no images"),
+    "wrong channels": (["--train_data_dir", "{rgb}"], "has 3 channel(s) but the model expects 1"),
+    "resolution": (
+        ["--preset", "mnist-tiny", "--resolution", "30"],
+        "not divisible by the UNet's downsampling factor 4",
+    ),
+    "offline hub id": (["--dataset_name", "ylecun/mnist"], "cannot reach the Hugging Face Hub"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, unet_config):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    (tmp_path / "empty").mkdir()
+    paths = {"tmp": tmp_path, "empty": tmp_path / "empty", "rgb": _rgb_folder(tmp_path / "rgb")}
+    argv, expected = BAD_INPUT[case]
+    argv = [arg.format(**paths) for arg in argv]
+    base = ["--output_dir", str(tmp_path / "out"), "--max_train_steps", "2", "--logger", "none"]
+    if "--preset" not in argv:
+        base += ["--model_config_name_or_path", str(unet_config), "--resolution", "8", "--train_batch_size", "4"]
+    assert training_main([*base, *argv], conditional=False) == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "make_data, expected",
+    [
+        (lambda root: _labelled_parquet(root, label=12), "label 12 is outside the model's classes 0..9"),
+        (lambda root: _rgb_folder(root), "conditional training needs a label column"),
+    ],
+)
+def test_bad_labels_for_conditional_training(tmp_path, capsys, unet_config, make_data, expected):
+    data_dir = make_data(tmp_path / "data")
+    argv = ["--preset", "mnist-tiny", "--train_data_dir", str(data_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--model_config_name_or_path", str(unet_config), "--resolution", "8", "--train_batch_size", "4"]
+    argv += ["--convert_channels", "--logger", "none"]
+    assert training_main(argv, conditional=True) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_output_dir_with_another_run_is_left_untouched(tmp_path, unet_config):
+    output = tmp_path / "run"
+    first = run_script(tiny_training_args(output, unet_config, steps=3))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = folder_digest(output)
+    second = run_script(tiny_training_args(output, unet_config, steps=3, learning_rate="1e-3"))
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"error: --output_dir {output} already holds a training run; pass --resume_from_checkpoint latest "
+        "to continue it or --overwrite_output_dir to start over"
+    ]
+    assert folder_digest(output) == before
+
+
+def test_unknown_option_value_exits_2():
+    result = run_script(["--lr_scheduler", "sometimes"])
+    assert result.returncode == 2
+    assert "invalid choice: 'sometimes'" in result.stderr
+
+
+def test_config_dumps_never_hold_the_token(tmp_path, unet_config):
+    output = tmp_path / "run"
+    secret = "hf_" + "x" * 30
+    result = run_script([*tiny_training_args(output, unet_config, steps=1), "--hub_token", secret])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in result.stdout + result.stderr
