@@ -12,6 +12,9 @@ LFS files on the client side alone (whenever `hf_xet` is importable and `HF_HUB_
 asking the server, so clients that upload LFS files here set `HF_HUB_DISABLE_XET=1`, the documented switch that
 makes the client use basic LFS. With `regular_uploads=True` the server instead takes every file as a regular
 (inline) file, the way the Hub takes small text files, which lets an untouched default client push as well.
+
+Test modules load the `hub_server` fixture with `pytest_plugins = ["hub_server"]` (PYTEST_DONT_REWRITE: this
+module has no asserts, and it is imported before pytest registers it as a plugin).
 """
 
 import base64
@@ -227,9 +230,11 @@ class HubServer:
     def add_commit(
         self, repo: Repo, branch: str, parent: str | None, title: str, message: str, user: str, files: dict
     ) -> Commit:
-        seed = json.dumps([parent, title, message, len(repo.commits), sorted((p, b.oid) for p, b in files.items())])
+        date = now_iso()
+        tree = sorted((p, b.oid) for p, b in files.items())
+        seed = json.dumps([repo.repo_id, parent, title, message, user, date, len(repo.commits), tree])
         oid = hashlib.sha1(seed.encode()).hexdigest()
-        commit = Commit(oid, parent, title, message, user, now_iso(), dict(files))
+        commit = Commit(oid, parent, title, message, user, date, dict(files))
         repo.commits[oid] = commit
         repo.branches[branch] = oid
         return commit
@@ -255,7 +260,9 @@ class HubServer:
         from huggingface_hub import constants
 
         monkeypatch.setattr(constants, "ENDPOINT", self.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", disable_xet)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
@@ -274,7 +281,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def hub(self) -> HubServer:
         return self.server.hub
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         """Quiet: requests are recorded in `hub.requests` (method and path, never headers) instead."""
 
     def do_GET(self) -> None:
@@ -304,7 +311,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         except HubError as error:
             self.send_error_json(error)
         except (ValueError, KeyError, TypeError) as error:
-            self.send_error_json(HubError(400, f"Bad request: {error}"))
+            self.send_error_json(HubError(400, f"Bad request: {error!r}"))
+        except Exception as error:  # a bug here: answer it as the Hub would, rather than drop the connection
+            self.send_error_json(HubError(500, f"Loopback Hub error: {error!r}"))
 
     def route(self, method: str, path: str) -> None:
         simple = {
@@ -596,13 +605,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def handle_lfs_put(self, oid: str) -> None:
         """The basic transfer's PUT: like a presigned URL, it needs no token, only a pending batch answer."""
-        expected_size = self.hub.pending_uploads.get(oid)
+        stored = self.hub.object_path(oid)
+        expected_size = self.hub.pending_uploads.get(oid, stored.stat().st_size if stored.exists() else None)
         if expected_size is None:
             raise HubError(403, f"No upload was requested for object {oid}")
         if len(self.body) != expected_size or hashlib.sha256(self.body).hexdigest() != oid:
             raise HubError(400, f"Uploaded content does not match oid {oid} and size {expected_size}")
         self.hub.store(self.body)
-        del self.hub.pending_uploads[oid]
+        self.hub.pending_uploads.pop(oid, None)
         self.send_bytes(200, b"", "text/plain", {"ETag": f'"{oid}"'})
 
     def handle_commit(self, repo_type: str, repo_id: str, revision: str) -> None:

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("httpx", "huggingface_hub", "diffusers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except UserInputError as error:

@@ -12,9 +12,9 @@ import json
 import logging
 import math
 import os
+import platform
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +43,7 @@ from ddpm_zoo.checkpoints import (
 )
 from ddpm_zoo.config import TrainingConfig, build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.hub import TrainingSummary, render_model_card, save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.schedulers import make_scheduler
@@ -92,7 +92,7 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
 def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
     """A UNet2DModel; conditional models get num_classes + 1 class embeddings (the last is the null class)."""
     try:
-        return UNet2DModel(**unet_config, **({"num_class_embeds": num_class_embeds} if num_class_embeds else {}))
+        return UNet2DModel(**{**unet_config, "num_class_embeds": num_class_embeds})
     except (TypeError, ValueError) as error:
         raise UserInputError(f"invalid UNet2DModel config: {error}") from None
 
@@ -365,13 +365,35 @@ class Trainer:
         return path
 
     def save_final_pipeline(self, summary: dict) -> None:
-        """The publishable folder: EMA weights, pipeline.py, model_index.json, sample grid."""
+        """The publishable folder: EMA weights, pipeline.py, model_index.json, model card, sample grid."""
         if not self.accelerator.is_main_process:
             return
         buffer = io.BytesIO()
         self.sample_grid().save(buffer, format="PNG")
+        config = self.config
+        card = render_model_card(
+            TrainingSummary(
+                preset=config.preset,
+                conditional=config.conditional,
+                dataset=config.train_data_dir or config.dataset_name,
+                resolution=config.resolution,
+                max_train_steps=summary["global_step"],
+                total_batch_size=summary["total_batch_size"],
+                learning_rate=config.learning_rate,
+                mixed_precision=config.mixed_precision,
+                hardware=summary["hardware"],
+                wall_time_s=summary["wall_time_s"],
+                final_loss=summary["final_loss"],
+                num_processes=summary["num_processes"],
+                prediction_type=config.prediction_type,
+                class_names=self.data.class_names,
+                local_dataset=config.train_data_dir is not None,
+            ),
+            repo_id=config.hub_model_id,
+        )
         extra = {
             "samples/grid.png": buffer.getvalue(),
+            "README.md": str(card).encode(),
             "training_summary.json": json.dumps(summary, indent=2).encode(),
         }
         with self.ema_weights():
@@ -523,11 +545,23 @@ class Trainer:
 
 
 def describe_hardware(accelerator: Accelerator) -> str:
+    """E.g. "1 x NVIDIA H100 80GB HBM3" or "2 x CPU (AMD EPYC 7B13, 2 cores)"; no host names (cards are public)."""
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
     else:
-        name = f"CPU ({os.cpu_count()} cores, {socket.gethostname()})"
+        model = next(
+            (line.split(":", 1)[1].strip() for line in cpu_info_lines() if line.startswith("model name")),
+            platform.processor() or platform.machine(),
+        )
+        name = f"CPU ({model}, {os.cpu_count()} cores)"
     return f"{accelerator.num_processes} x {name}"
+
+
+def cpu_info_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def run_training(config: TrainingConfig) -> dict:

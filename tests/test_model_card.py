@@ -1,0 +1,138 @@
+"""Model cards: Hub metadata that round-trips through YAML, and a body with the sections the Hub page needs."""
+
+import dataclasses
+import re
+from importlib import resources
+
+import pytest
+from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub.utils import get_session
+
+from ddpm_zoo.hub import GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
+from ddpm_zoo.presets import PRESETS
+
+pytest_plugins = ["hub_server"]
+
+SUMMARY = TrainingSummary(
+    preset="mnist-tiny",
+    conditional=False,
+    dataset="mnist-5k",
+    resolution=28,
+    max_train_steps=2500,
+    total_batch_size=64,
+    learning_rate=1e-3,
+    mixed_precision="bf16",
+    hardware="1 x NVIDIA H100 80GB HBM3",
+    wall_time_s=754.0,
+    final_loss=0.03125,
+)
+COLORED = dataclasses.replace(
+    SUMMARY,
+    preset="colored-mnist",
+    conditional=True,
+    class_names=tuple(PRESETS["colored-mnist"].class_names),
+    num_processes=8,
+    total_batch_size=512,
+)
+FID = EvalResult(
+    task_type="unconditional-image-generation",
+    dataset_type="ylecun/mnist",
+    dataset_name="MNIST",
+    metric_type="fid",
+    metric_name="FID (digit-classifier features)",
+    metric_value=4.25,
+)
+
+
+def python_snippet(card: ModelCard) -> str:
+    return re.search(r"```python\n(.*?)```", card.text, re.DOTALL).group(1)
+
+
+def test_unconditional_card_metadata_round_trips(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(str(render_model_card(SUMMARY, "tester/tiny-digits")))
+    data = ModelCard.load(path).data
+
+    assert data.library_name == "diffusers"
+    assert data.pipeline_tag == "unconditional-image-generation"
+    assert data.license == "cc-by-sa-3.0"
+    assert data.datasets == ["ylecun/mnist"]
+    assert data.tags == ["ddpm-zoo", "mnist-tiny", "diffusers", "ddpm", "mnist"]
+    assert data.eval_results is None and "model-index" not in data.to_dict()
+
+
+def test_conditional_card_is_tagged_and_shows_class_labels_and_guidance():
+    card = render_model_card(COLORED, "tester/colored-digits")
+    assert "class-conditional" in card.data.tags and "colored-mnist" in card.data.tags
+    snippet = python_snippet(card)
+    assert 'DiffusionPipeline.from_pretrained("tester/colored-digits", trust_remote_code=True)' in snippet
+    assert "class_labels=[0, 1, 2], guidance_scale=3.0" in snippet
+    assert 'class_labels=["nine", "zero"]' in snippet
+    assert 'DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")' in snippet
+    assert "zero, one, two, three" in card.text
+
+
+def test_card_body_has_grid_training_table_and_attribution():
+    text = render_model_card(COLORED, "tester/colored-digits").text
+    assert "![Samples from this model](samples/grid.png)" in text
+    for row in (
+        "| Preset | `colored-mnist` |",
+        "| Data | `mnist-5k` (from `ylecun/mnist`) |",
+        "| Training steps | 2,500 |",
+        "| Total batch size | 512 (8 processes) |",
+        "| Learning rate | 0.001 |",
+        "| Mixed precision | bf16 |",
+        "| Hardware | 1 x NVIDIA H100 80GB HBM3 |",
+        "| Wall time | 12 min 34 s |",
+        "| Final loss | 0.0312 |",
+    ):
+        assert row in text
+    assert PRESETS["colored-mnist"].dataset.attribution in text
+
+
+def test_eval_results_become_model_index_and_a_table(tmp_path):
+    card = render_model_card(SUMMARY, "tester/tiny-digits", eval_results=[FID])
+    path = tmp_path / "README.md"
+    card.save(path)
+    data = ModelCard.load(path).data
+
+    assert data.model_name == "tiny-digits"
+    [result] = data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_type) == ("fid", 4.25, "ylecun/mnist")
+    assert "| FID (digit-classifier features) | MNIST | 4.25 |" in card.text
+
+
+def test_card_validates_against_the_hub_api(hub_server):
+    render_model_card(COLORED, "tester/colored-digits", eval_results=[FID]).validate()
+    broken = "---\nmodel-index:\n- results: []\n---\n# no name\n"
+    answer = get_session().post(f"{hub_server.url}/api/validate-yaml", json={"content": broken, "repoType": "model"})
+    assert answer.status_code == 400 and "model-index[0].name" in answer.json()["errors"][0]["message"]
+
+
+def test_unknown_data_is_not_claimed_and_has_unknown_license():
+    local = dataclasses.replace(SUMMARY, preset="custom", dataset="/home/me/pictures", local_dataset=True)
+    card = render_model_card(local)
+    assert card.data.datasets is None and card.data.license == "unknown"
+    assert "a local image folder (`pictures`)" in card.text and "/home/me" not in card.text
+    assert 'from_pretrained("path/to/the/pipeline/folder"' in card.text
+
+    hub = render_model_card(dataclasses.replace(SUMMARY, preset="custom", dataset="someone/faces"))
+    assert hub.data.datasets == ["someone/faces"] and hub.data.license == "unknown"
+
+
+def test_every_preset_has_a_template_shipped_as_package_data():
+    shipped = {p.name for p in resources.files("ddpm_zoo.model_cards").iterdir() if p.name.endswith(".md")}
+    assert shipped == {preset.card_template for preset in PRESETS.values()} | {GENERIC_CARD_TEMPLATE}
+    assert card_template("no-such-preset") == GENERIC_CARD_TEMPLATE
+
+
+@pytest.mark.parametrize("preset", [*PRESETS, "custom"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_template_renders_a_runnable_snippet(preset, conditional):
+    names = PRESETS[preset].class_names if preset in PRESETS and conditional else ()
+    summary = dataclasses.replace(SUMMARY, preset=preset, conditional=conditional, class_names=names)
+    card = render_model_card(summary, "tester/model")
+    compile(python_snippet(card), "snippet", "exec")
+    assert ("class_labels=" in card.text) == conditional
+    assert "{{" not in card.text and "{%" not in card.text
+    assert "## Training" in card.text and "## Data and license" in card.text
