@@ -411,10 +411,10 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
-        global_step = load_checkpoint(accelerator, self.ema, resume) if resume else 0
+        start_step = load_checkpoint(accelerator, self.ema, resume) if resume else 0
         if resume:
-            logger.info("resumed from %s at step %d", resume, global_step)
-        self.last_checkpoint_step = global_step
+            logger.info("resumed from %s at step %d", resume, start_step)
+        self.last_checkpoint_step = global_step = start_step
         accum = config.gradient_accumulation_steps
         meter = LossMeter(torch.zeros((), device=accelerator.device))
         progress = tqdm(
@@ -427,23 +427,9 @@ class Trainer:
         start_time = time.perf_counter()
         self.model.train()
         with StopRequest() as stop, contextlib.closing(progress):
-            micro = global_step * accum
-            while global_step < self.max_train_steps:
-                epoch, start_batch = divmod(micro, self.data.plan.batches_per_epoch)
-                for images, labels in self.data.batches.epoch(epoch, start_batch):
-                    torch.manual_seed(step_seed(config.seed, global_step, micro % accum, accelerator.process_index))
-                    meter.running += self.training_step(images, labels).detach()
-                    meter.micro_batches += 1
-                    micro += 1
-                    if not accelerator.sync_gradients:
-                        continue
-                    if self.ema is not None:
-                        self.ema.step(self.unet.parameters())
-                    global_step += 1
-                    progress.update(1)
-                    self.after_step(global_step, meter, progress, stop)
-                    if global_step >= self.max_train_steps:
-                        break
+            for global_step in self.optimizer_steps(start_step, meter):  # noqa: B007 (used after the loop)
+                progress.update(1)
+                self.after_step(global_step, meter, progress, stop)
         wall_time = time.perf_counter() - start_time
         if self.last_checkpoint_step != global_step:
             self.save_checkpoint(global_step)
@@ -461,6 +447,27 @@ class Trainer:
         self.save_final_pipeline(summary)
         accelerator.end_training()
         return summary
+
+    def optimizer_steps(self, global_step: int, meter: "LossMeter") -> Iterator[int]:
+        """The hot loop: micro-batches in plan order from `global_step` on; yields after each optimizer
+        step (with its EMA update) until `max_train_steps`. The loss stays on the device in `meter`."""
+        accum, process_index = self.config.gradient_accumulation_steps, self.accelerator.process_index
+        micro = global_step * accum
+        while global_step < self.max_train_steps:
+            epoch, start_batch = divmod(micro, self.data.plan.batches_per_epoch)
+            for images, labels in self.data.batches.epoch(epoch, start_batch):
+                torch.manual_seed(step_seed(self.config.seed, global_step, micro % accum, process_index))
+                meter.running += self.training_step(images, labels).detach()
+                meter.micro_batches += 1
+                micro += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                if self.ema is not None:
+                    self.ema.step(self.unet.parameters())
+                global_step += 1
+                yield global_step
+                if global_step >= self.max_train_steps:
+                    return
 
     def after_step(self, step: int, meter: "LossMeter", progress: tqdm, stop: StopRequest) -> None:
         """Logging, health checks, checkpoints and sample grids that fall due after optimizer step `step`.

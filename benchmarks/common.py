@@ -1,0 +1,85 @@
+"""Shared benchmark helpers: the machine's fp32 matmul rate, model FLOPs, peak memory, JSON output."""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+RESULTS_DIR = Path(__file__).with_name("results")
+
+
+def matmul_gflops(seconds: float = 3.0, size: int = 2048, device: str = "cpu", dtype=torch.float32) -> float:
+    """Achieved GFLOP/s of a size x size matmul loop (2 n^3 FLOPs each) for about `seconds`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor, **kwargs) -> float:
+    """FLOPs of one forward + backward pass per image, counted by torch.utils.flop_counter."""
+    with FlopCounterMode(display=False) as counter:
+        model(sample, torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device), **kwargs).sample.sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / sample.shape[0]
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS on Linux."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> dict:
+    info = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        info["cpu_model"] = model
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    info["torch"] = torch.__version__
+    return info
+
+
+def write_json(name: str, payload: dict) -> Path:
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
