@@ -29,7 +29,9 @@ def matmul_gflops(seconds: float = 3.0, size: int = 2048, device: str = "cpu", d
 def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor, **kwargs) -> float:
     """FLOPs of one forward + backward pass per image, counted by torch.utils.flop_counter."""
     with FlopCounterMode(display=False) as counter:
-        model(sample, torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device), **kwargs).sample.sum().backward()
+        model(
+            sample, torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device), **kwargs
+        ).sample.sum().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / sample.shape[0]
 
