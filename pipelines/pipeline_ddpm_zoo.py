@@ -45,9 +45,7 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, self.unet.config.in_channels, height, width)
-        latents = randn_tensor(
-            shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype
-        )
+        latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         return latents * self.scheduler.init_noise_sigma
 
     def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
@@ -73,16 +71,12 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
         if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if not _is_integer(num_inference_steps) or num_inference_steps < 1:
-            raise ValueError(
-                f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}."
-            )
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
         unknown = set(tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}."
-            )
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}.")
 
     @torch.no_grad()
     def __call__(
@@ -114,9 +108,7 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
-        self.check_common_inputs(
-            batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
-        )
+        self.check_common_inputs(batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
         return self.run_reverse_process(
             batch_size,
             lambda model_input, t: self.unet(model_input, t).sample,
@@ -208,17 +200,17 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
                 known = ", ".join(self.labels) if self.labels else "none (use integers)"
                 raise ValueError(f"Unknown class name {label!r}; this model's class names: {known}.")
             label = int(key)
-        if not _is_integer(label) or not 0 <= label < self.num_classes:
-            raise ValueError(
-                f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}."
-            )
+        if not _is_integer(label):
+            raise ValueError(f"Class label {label!r} must be an integer index or a class name.")
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}.")
         return int(label)
 
     def encode_class_labels(self, class_labels: int | str | list[int | str] | torch.Tensor) -> torch.Tensor:
         """Turn ints or class names into a tensor of class indices, checking each is in range."""
         if isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.flatten().tolist()
-        if isinstance(class_labels, (str, numbers.Integral)):
+        if isinstance(class_labels, (str, numbers.Number)):
             class_labels = [class_labels]
         indices = [self.class_index(label) for label in class_labels]
         if not indices:
@@ -239,9 +231,7 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
             return self.unet(model_input, t, class_labels=labels).sample
         if guidance_scale == 0:
             return self.unet(model_input, t, class_labels=null_labels).sample
-        both = self.unet(
-            torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])
-        ).sample
+        both = self.unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
@@ -273,9 +263,7 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
         """
         labels = self.encode_class_labels(class_labels)
         check_guidance_scale(guidance_scale)
-        self.check_common_inputs(
-            len(labels), num_inference_steps, output_type, callback_on_step_end_tensor_inputs
-        )
+        self.check_common_inputs(len(labels), num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
         return self.run_reverse_process(
             len(labels),
             lambda model_input, t: self.guided_prediction(model_input, t, labels, guidance_scale),

@@ -11,12 +11,15 @@ from diffusers import (
 
 from ddpm_zoo.errors import UserInputError
 
+# The fast samplers get "trailing" timestep spacing explicitly, so they start at t = T - 1 (Lin et al., 2023)
+# whether the config comes from a fresh scheduler or from a saved DDPM config with "leading" spacing.
+FAST = {"timestep_spacing": "trailing"}
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
     "ddpm": (DDPMScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "dpmsolver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "unipc": (UniPCMultistepScheduler, {}),
+    "ddim": (DDIMScheduler, FAST),
+    "dpmsolver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **FAST}),
+    "euler": (EulerDiscreteScheduler, FAST),
+    "unipc": (UniPCMultistepScheduler, FAST),
 }
 
 

@@ -1,0 +1,172 @@
+"""The DDPM pipelines with test-sized UNets: schedulers, outputs, class labels, guidance, errors, callbacks."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_unet
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from PIL import Image
+
+from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.presets import DIGIT_NAMES
+from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
+
+STEPS = 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def unconditional(scheduler: str = "ddpm") -> UnconditionalDDPMPipeline:
+    config = DDPMScheduler(num_train_timesteps=1000).config
+    pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=make_scheduler(scheduler, config))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def conditional(scheduler: str = "ddpm", class_names: str | None = ",".join(DIGIT_NAMES)):
+    config = DDPMScheduler(num_train_timesteps=1000).config
+    pipeline = ClassConditionalDDPMPipeline(
+        unet=tiny_unet(3, 8, num_class_embeds=11),
+        scheduler=make_scheduler(scheduler, config),
+        class_names=class_names,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_every_scheduler_swaps_in_via_from_config(scheduler):
+    pipeline = unconditional(scheduler)
+    assert type(pipeline.scheduler).__name__ == SCHEDULERS[scheduler][0].__name__
+    images = pipeline(batch_size=2, num_inference_steps=STEPS, generator=seeded(), output_type="np").images
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+    guided = conditional(scheduler)(
+        class_labels=[1, 2], guidance_scale=2.0, num_inference_steps=STEPS, output_type="pt"
+    ).images
+    assert guided.shape == (2, 3, 8, 8) and 0 <= guided.min() and guided.max() <= 1
+
+
+def test_output_types_and_return_dict():
+    pipeline = unconditional()
+    kwargs = {"batch_size": 2, "num_inference_steps": STEPS}
+    pil = pipeline(generator=seeded(), **kwargs).images
+    assert len(pil) == 2 and isinstance(pil[0], Image.Image) and pil[0].size == (8, 8) and pil[0].mode == "L"
+    array = pipeline(generator=seeded(), output_type="np", **kwargs).images
+    tensor = pipeline(generator=seeded(), output_type="pt", **kwargs).images
+    assert isinstance(array, np.ndarray) and isinstance(tensor, torch.Tensor)
+    np.testing.assert_allclose(array, tensor.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(pil[0]), (array[0, ..., 0] * 255).round().astype(np.uint8))
+    output = pipeline(generator=seeded(), output_type="pt", return_dict=False, **kwargs)
+    assert isinstance(output, tuple) and torch.equal(output[0], tensor)
+    assert isinstance(pipeline(num_inference_steps=1), ImagePipelineOutput)
+
+
+def test_same_seed_same_images_and_per_image_generators():
+    pipeline = conditional("ddim")
+    first = pipeline(class_labels=[0, 1], generator=seeded(5), num_inference_steps=STEPS, output_type="pt")
+    again = pipeline(class_labels=[0, 1], generator=seeded(5), num_inference_steps=STEPS, output_type="pt")
+    assert torch.equal(first.images, again.images)
+    pair = pipeline(
+        class_labels=[3, 4], generator=[seeded(1), seeded(2)], num_inference_steps=STEPS, output_type="pt"
+    ).images
+    alone = pipeline(class_labels=[4], generator=[seeded(2)], num_inference_steps=STEPS, output_type="pt")
+    torch.testing.assert_close(pair[1:], alone.images, atol=1e-5, rtol=0)
+
+
+def test_class_labels_as_names_indices_and_tensors():
+    pipeline = conditional()
+    expected = torch.tensor([7, 0, 9, 3])
+    assert torch.equal(pipeline.encode_class_labels(["seven", 0, "Nine", "3"]), expected)
+    assert torch.equal(pipeline.encode_class_labels(torch.tensor([[7, 0], [9, 3]])), expected)
+    assert torch.equal(pipeline.encode_class_labels(np.int64(4)), torch.tensor([4]))
+    assert pipeline.num_classes == 10 and pipeline.labels[7] == "seven"
+    images = pipeline(class_labels="seven", num_inference_steps=1, output_type="pt").images
+    assert images.shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (10, "outside this model's classes 0..9"),
+        (-1, "outside"),
+        ([0, 12], "outside"),
+        ("eleven", "Unknown class name 'eleven'"),
+        ([], "at least one class"),
+        (True, "must be an integer index or a class name"),
+        (2.0, "must be an integer index or a class name"),
+    ],
+)
+def test_bad_class_labels(labels, message):
+    with pytest.raises(ValueError, match=message):
+        conditional()(class_labels=labels, num_inference_steps=1)
+
+
+def test_names_need_class_names():
+    with pytest.raises(ValueError, match="none \\(use integers\\)"):
+        conditional(class_names=None)(class_labels="seven", num_inference_steps=1)
+
+
+@pytest.mark.parametrize("guidance_scale", [-0.5, float("nan"), float("inf"), "3"])
+def test_bad_guidance_scale(guidance_scale):
+    with pytest.raises(ValueError, match="guidance_scale"):
+        conditional()(class_labels=[0], guidance_scale=guidance_scale, num_inference_steps=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -2}, "batch_size"),
+        ({"batch_size": 1.5}, "batch_size"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"output_type": "latent"}, "output_type"),
+        ({"callback_on_step_end_tensor_inputs": ["noise_pred"]}, "callback_on_step_end_tensor_inputs"),
+    ],
+)
+def test_bad_common_inputs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        unconditional()(**{"num_inference_steps": 1, **kwargs})
+
+
+def test_conditional_pipeline_needs_class_embeddings():
+    pipeline = ClassConditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="no class embeddings"):
+        pipeline(class_labels=[0], num_inference_steps=1)
+
+
+def test_callback_sees_every_step_down_to_t0_and_may_replace_latents():
+    pipeline = unconditional("ddpm")
+    seen = []
+
+    def callback(pipe, i, t, kwargs):
+        seen.append((i, int(t), kwargs["latents"].shape))
+        return {"latents": torch.zeros_like(kwargs["latents"])} if i == STEPS - 1 else kwargs
+
+    images = pipeline(batch_size=2, num_inference_steps=STEPS, output_type="pt", callback_on_step_end=callback).images
+    assert [i for i, _, _ in seen] == list(range(STEPS))
+    assert seen[-1][1] == 0 and all(shape == (2, 1, 8, 8) for _, _, shape in seen)
+    assert torch.equal(images, torch.full_like(images, 0.5))  # zero latents are mid-grey
+
+
+def test_saved_folder_loads_with_plain_diffusers(tmp_path):
+    """The published layout: pipeline.py remote code, class names kept, same images for the same seed."""
+    pipeline = conditional("ddpm")
+    save_pipeline_folder(pipeline, tmp_path / "model")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert type(loaded).__name__ == "ClassConditionalDDPMPipeline"
+    assert loaded.labels == list(DIGIT_NAMES)
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = {"class_labels": ["seven", 1], "guidance_scale": 2.0, "num_inference_steps": STEPS}
+    expected = pipeline(generator=seeded(3), output_type="pt", **kwargs).images
+    torch.testing.assert_close(loaded(generator=seeded(3), output_type="pt", **kwargs).images, expected)

@@ -1,0 +1,214 @@
+"""`ddpm-zoo sample` and `ddpm-zoo visualize` on saved test-sized pipeline folders."""
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_unet
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from ddpm_zoo import sampling
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.presets import DIGIT_NAMES
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """A class-conditional RGB digit model with class names and an unconditional grayscale one."""
+    root = tmp_path_factory.mktemp("models")
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    conditional = ClassConditionalDDPMPipeline(
+        unet=tiny_unet(3, 8, num_class_embeds=11), scheduler=scheduler, class_names=",".join(DIGIT_NAMES)
+    )
+    unconditional = UnconditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=scheduler)
+    save_pipeline_folder(conditional, root / "conditional")
+    save_pipeline_folder(unconditional, root / "unconditional")
+    return {"conditional": str(root / "conditional"), "unconditional": str(root / "unconditional")}
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="ddpm-zoo")
+    sampling.add_cli_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_sample_conditional_writes_named_pngs_and_a_grid(models, tmp_path):
+    common = ["--num_images", "5", "--class_labels", "0,seven", "--scheduler", "ddim"]
+    common += ["--num_inference_steps", "3", "--guidance_scale", "2", "--device", "cpu"]
+    assert run("sample", models["conditional"], *common, "--batch_size", "2", "--output_dir", str(tmp_path / "a")) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["00000_zero.png", "00001_seven.png", "00002_zero.png", "00003_seven.png", "00004_zero.png"] + [
+        "grid.png"
+    ]
+    with Image.open(tmp_path / "a" / "00001_seven.png") as image:
+        assert image.size == (8, 8) and image.mode == "RGB"
+    # Image i has its own seed: the batch size does not change it.
+    run("sample", models["conditional"], *common, "--batch_size", "5", "--output_dir", str(tmp_path / "b"))
+    for name in names[:-1]:
+        assert np.array_equal(pixels(tmp_path / "a" / name), pixels(tmp_path / "b" / name))
+
+
+def test_sample_unconditional_with_another_scheduler(models, tmp_path):
+    out = tmp_path / "samples"
+    argv = ["--num_images", "3", "--scheduler", "dpmsolver", "--num_inference_steps", "2", "--output_dir", str(out)]
+    assert run("sample", models["unconditional"], *argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "grid.png"]
+    with Image.open(out / "00000.png") as image:
+        assert image.mode == "L"
+
+
+@pytest.mark.parametrize(
+    "model,options,message",
+    [
+        ("conditional", ["--class_labels", "0,12"], "outside this model's classes 0..9"),
+        ("conditional", ["--class_labels", "eleven"], "Unknown class name 'eleven'"),
+        ("conditional", ["--class_labels", "1,,2"], "empty entry"),
+        ("conditional", ["--guidance_scale", "-1"], "guidance_scale must be >= 0"),
+        ("conditional", ["--num_images", "0"], "num_images must be at least 1"),
+        ("conditional", ["--batch_size", "0"], "batch_size must be at least 1"),
+        ("conditional", ["--num_inference_steps", "0"], "num_inference_steps must be at least 1"),
+        ("conditional", ["--num_inference_steps", "2000"], "num_inference_steps"),
+        ("unconditional", ["--class_labels", "1"], "unconditional"),
+        ("unconditional", ["--guidance_scale", "3"], "unconditional"),
+    ],
+)
+def test_sample_rejects_bad_input(models, tmp_path, model, options, message):
+    with pytest.raises(UserInputError, match=message):
+        run("sample", models[model], "--num_inference_steps", "1", *options, "--output_dir", str(tmp_path))
+
+
+def test_sample_rejects_missing_or_foreign_models(tmp_path):
+    with pytest.raises(UserInputError, match="no such model folder"):
+        run("sample", str(tmp_path / "a" / "b" / "c"))
+    with pytest.raises(UserInputError, match="not a pipeline folder"):
+        run("sample", str(tmp_path))
+    with pytest.raises(SystemExit):
+        run("sample", str(tmp_path), "--scheduler", "heun")
+
+
+def test_parse_class_labels():
+    assert sampling.parse_class_labels("0, 1,seven") == [0, 1, "seven"]
+    assert sampling.parse_class_labels(None) is None
+    assert sampling.EMBEDDED_DIGITS == "mnist-5k"
+
+
+def test_visualize_forward_strip_from_embedded_digits(models, tmp_path):
+    out = tmp_path / "forward.png"
+    assert (
+        run("visualize", models["conditional"], "--kind", "forward", "--timesteps", "0,999", "--output", str(out)) == 0
+    )
+    with Image.open(out) as strip:
+        array = np.asarray(strip.convert("RGB")).astype(int)
+    assert (np.abs(array[..., 0] - array[..., 1]) > 60).any()  # tinted like colored-mnist, not gray
+    images, names = sampling.forward_images(None, None, None, 3, 8, 1)
+    assert images.shape == (3, 1, 8, 8) and names == ["zero", "one", "two"]
+    assert -1 <= images.min() and images.max() <= 1 and images.max() > 0.5
+    with pytest.raises(UserInputError, match="outside 0..999"):
+        run("visualize", models["unconditional"], "--kind", "forward", "--timesteps", "0,1000")
+
+
+def test_visualize_forward_strip_from_a_local_folder(models, tmp_path):
+    for label, value in (("dark", 40), ("light", 220)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (value, value, 0)).save(tmp_path / "data" / label / "a.png")
+    images, names = sampling.forward_images(None, str(tmp_path / "data"), None, 2, 8, 1)
+    assert images.shape == (2, 1, 8, 8) and names == ["dark", "light"]
+    out = tmp_path / "strip.png"
+    run(
+        "visualize",
+        models["conditional"],
+        "--kind",
+        "forward",
+        "--train_data_dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(out),
+    )
+    assert out.exists()
+
+
+def test_visualize_reverse_grid_animation_and_labelled_grid(models, tmp_path):
+    fast = ["--scheduler", "ddim", "--num_inference_steps", "4", "--scale", "2"]
+    assert (
+        run(
+            "visualize",
+            models["conditional"],
+            "--kind",
+            "reverse-grid",
+            *fast,
+            "--class_labels",
+            "0,1",
+            "--num_columns",
+            "3",
+            "--output",
+            str(tmp_path / "r.png"),
+        )
+        == 0
+    )
+    out = tmp_path / "reverse.gif"
+    run(
+        "visualize",
+        models["conditional"],
+        "--kind",
+        "animation",
+        *fast,
+        "--class_labels",
+        "3",
+        "--num_frames",
+        "3",
+        "--fps",
+        "4",
+        "--output",
+        str(out),
+    )
+    with Image.open(out) as gif:
+        assert gif.n_frames == 3 and gif.info["duration"] == 250
+    run(
+        "visualize",
+        models["unconditional"],
+        "--kind",
+        "grid",
+        *fast,
+        "--num_images",
+        "4",
+        "--output",
+        str(tmp_path / "g.png"),
+    )
+    with Image.open(tmp_path / "r.png") as grid, Image.open(tmp_path / "g.png") as samples:
+        assert grid.mode == "RGB" and samples.size[0] > 2 * 8 * 2
+    with pytest.raises(UserInputError, match="GIF"):
+        run("visualize", models["conditional"], "--kind", "animation", "--output", str(tmp_path / "a.png"))
+
+
+def test_the_ddpm_zoo_command_reports_bad_input_in_one_line(models, capsys):
+    from ddpm_zoo.cli import main
+
+    assert main(["sample", models["conditional"], "--class_labels", "3,eleven", "--num_inference_steps", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: Unknown class name 'eleven'")
+
+
+def test_generate_works_with_plain_diffusers_pipelines():
+    from diffusers import DDPMPipeline
+
+    pipeline = DDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    images, labels = sampling.generate(pipeline, num_images=3, num_inference_steps=2, batch_size=2, progress=False)
+    assert len(images) == 3 and labels is None and images[0].size == (8, 8)
