@@ -65,6 +65,7 @@ class TrainingConfig:
     mixed_precision: str = "no"
     compile: bool = False
     channels_last: bool = False
+    num_cpu_threads: int | None = None
     seed: int = 0
     # outputs, checkpoints, logging
     output_dir: str | None = None
@@ -155,6 +156,12 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     _bool_flag(optim, "use_ema", "keep an EMA of the weights; the EMA is what gets published")
     _bool_flag(optim, "compile", "torch.compile the UNet")
     _bool_flag(optim, "channels_last", "channels_last memory format")
+    optim.add_argument(
+        "--num_cpu_threads",
+        type=int,
+        help="torch threads per process on CPU (default: the cores divided among the processes; a plain "
+        "`accelerate launch` on a machine without GPUs would otherwise leave one thread)",
+    )
     out = parser.add_argument_group("outputs, checkpoints and logging")
     out.add_argument("--output_dir")
     _bool_flag(out, "overwrite_output_dir", "train into an output_dir that holds a different run")

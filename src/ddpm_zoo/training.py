@@ -244,6 +244,9 @@ class Trainer:
             project_config=project,
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
+        if self.accelerator.device.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            torch.set_num_threads(config.num_cpu_threads or max(1, cores // self.accelerator.num_processes))
         self.data = prepare_data(config, unet_config.get("in_channels", 3), self.accelerator, self.preset)
         set_seed(config.seed)
         self.unet = build_unet(unet_config, self.data.num_classes + 1 if config.conditional else None)
