@@ -64,10 +64,16 @@ def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, ema: EMAModel | None, output_dir: Path, step: int, total_limit: int | None
+    accelerator: Accelerator,
+    ema: EMAModel | None,
+    output_dir: Path,
+    step: int,
+    total_limit: int | None,
+    train_seconds: float = 0.0,
 ) -> Path:
     """Every process writes its part into `.checkpoint-<step>.tmp`; the main process then adds the EMA
-    and the state file and renames the folder into place, then prunes to `total_limit`."""
+    and the state file (step, training seconds so far) and renames the folder into place, then prunes
+    to `total_limit`."""
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     staging = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process and staging.exists():
@@ -78,7 +84,7 @@ def save_checkpoint(
         if accelerator.is_main_process:
             if ema is not None:
                 ema.save_pretrained(str(staging / "unet_ema"))
-            state = {"global_step": step, "num_processes": accelerator.num_processes}
+            state = {"global_step": step, "num_processes": accelerator.num_processes, "train_seconds": train_seconds}
             (staging / STATE_FILE).write_text(json.dumps(state))
             if final.exists():
                 shutil.rmtree(final)
@@ -99,11 +105,13 @@ def prune_checkpoints(output_dir: Path, total_limit: int | None) -> None:
             shutil.rmtree(old)
 
 
-def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) -> int:
-    """Restore model, optimizer, schedule, RNG and EMA state; return the checkpoint's step."""
+def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) -> tuple[int, float]:
+    """Restore model, optimizer, schedule, RNG and EMA state; return the checkpoint's step and training
+    seconds so far."""
     accelerator.load_state(str(path))
     if ema is not None:
         loaded = EMAModel.from_pretrained(str(path / "unet_ema"), model_cls=UNet2DModel, foreach=True)
         ema.load_state_dict(loaded.state_dict())
         ema.to(accelerator.device)
-    return int(json.loads((path / STATE_FILE).read_text())["global_step"])
+    state = json.loads((path / STATE_FILE).read_text())
+    return int(state["global_step"]), float(state.get("train_seconds", 0.0))

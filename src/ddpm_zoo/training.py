@@ -306,7 +306,10 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, step: int) -> Path:
-        path = save_checkpoint(self.accelerator, self.ema, self.output_dir, step, self.config.checkpoints_total_limit)
+        elapsed = time.perf_counter() - self.start_time + self.resumed_seconds
+        path = save_checkpoint(
+            self.accelerator, self.ema, self.output_dir, step, self.config.checkpoints_total_limit, elapsed
+        )
         self.last_checkpoint_step = step
         return path
 
@@ -414,7 +417,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
-        start_step = load_checkpoint(accelerator, self.ema, resume) if resume else 0
+        start_step, self.resumed_seconds = load_checkpoint(accelerator, self.ema, resume) if resume else (0, 0.0)
         if resume:
             logger.info("resumed from %s at step %d", resume, start_step)
         self.last_checkpoint_step = global_step = start_step
@@ -427,13 +430,13 @@ class Trainer:
             desc="training",
             dynamic_ncols=True,
         )
-        start_time = time.perf_counter()
+        self.start_time = time.perf_counter()
         self.model.train()
         with StopRequest() as stop, contextlib.closing(progress):
             for global_step in self.optimizer_steps(start_step, meter):  # noqa: B007 (used after the loop)
                 progress.update(1)
                 self.after_step(global_step, meter, progress, stop)
-        wall_time = time.perf_counter() - start_time
+        wall_time = time.perf_counter() - self.start_time + self.resumed_seconds
         if self.last_checkpoint_step != global_step:
             self.save_checkpoint(global_step)
         summary = {

@@ -1,0 +1,101 @@
+"""Wall time until a preset's default run reaches the evaluation targets.
+
+Runs the real training script (`accelerate launch train_unconditional.py` or `train_conditional.py`)
+with a checkpoint every `--every` steps, then scores each checkpoint's EMA weights with
+`ddpm_zoo.evaluation` (recognisability >= 0.95 for mnist-tiny; conditional digit accuracy >= 0.95 for
+colored-mnist) and reports the training seconds recorded in the first checkpoint that meets it.
+
+    python benchmarks/time_to_quality.py                         # mnist-tiny, default recipe
+    python benchmarks/time_to_quality.py --preset colored-mnist
+    python benchmarks/time_to_quality.py --output_dir RUN --skip_training   # score an existing run
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import machine, matmul_gflops, print_table, write_json  # noqa: E402
+from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
+
+from ddpm_zoo import evaluation  # noqa: E402
+from ddpm_zoo.checkpoints import RUN_RECORD, STATE_FILE, complete_checkpoints  # noqa: E402
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline  # noqa: E402
+from ddpm_zoo.presets import get_preset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"mnist-tiny": ("recognisability", 0.95), "colored-mnist": ("conditional_accuracy", 0.95)}
+
+
+def checkpoint_pipeline(checkpoint: Path, record: dict):
+    """The EMA weights of a checkpoint as a pipeline with the run's noise schedule."""
+    unet = UNet2DModel.from_pretrained(checkpoint / "unet_ema")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=record["ddpm_num_steps"],
+        beta_schedule=record["ddpm_beta_schedule"],
+        prediction_type=record["prediction_type"],
+    )
+    if record["conditional"]:
+        names = ",".join(get_preset(record["preset"]).class_names)
+        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names)
+    return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mnist-tiny", choices=sorted(TARGETS))
+    parser.add_argument("--output_dir", default="time-to-quality-run")
+    parser.add_argument("--every", type=int, default=250, help="checkpoint (and score) every N steps")
+    parser.add_argument("--max_train_steps", type=int, help="default: the preset's")
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--skip_training", action="store_true", help="only score the checkpoints of --output_dir")
+    args = parser.parse_args()
+    output = Path(args.output_dir)
+    gflops = matmul_gflops()
+    if not args.skip_training:
+        script = "train_conditional.py" if args.preset == "colored-mnist" else "train_unconditional.py"
+        command = ["accelerate", "launch", str(REPO / script), "--preset", args.preset, "--output_dir", str(output)]
+        command += ["--checkpointing_steps", str(args.every), "--checkpoints_total_limit", "1000"]
+        if args.max_train_steps:
+            command += ["--max_train_steps", str(args.max_train_steps)]
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        print(f"training run: {time.perf_counter() - start:.0f} s wall (start-up, grids and saving included)")
+    record = json.loads((output / RUN_RECORD).read_text())
+    metric, target = TARGETS[record["preset"]]
+    rows = []
+    for checkpoint in complete_checkpoints(output):
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        pipeline = checkpoint_pipeline(checkpoint, record)
+        scores = evaluation.evaluate_pipeline(
+            pipeline, num_samples=args.num_samples, scheduler="dpmsolver", num_inference_steps=25, extra=False
+        )
+        rows.append(
+            {
+                "step": state["global_step"],
+                "train_s": round(state.get("train_seconds", float("nan"))),
+                metric: round(scores[metric], 4),
+                "fd": round(scores.get("fd", float("nan")), 2),
+                "meets_target": scores[metric] >= target,
+            }
+        )
+        print_table(rows[-1:], list(rows[-1]))
+    reached = next((row for row in rows if row["meets_target"]), None)
+    print()
+    print_table(rows, list(rows[0]))
+    summary = f"{metric} >= {target}: " + (
+        f"reached at step {reached['step']} after {reached['train_s']} s of training" if reached else "not reached"
+    )
+    print(f"\n{summary} (fp32 matmul {gflops:.0f} GFLOP/s in this run)")
+    payload = {"machine": machine(), "matmul_gflops": gflops, "preset": record["preset"], "target": [metric, target]}
+    payload |= {"num_samples": args.num_samples, "sampler": "dpmsolver 25 steps", "rows": rows, "summary": summary}
+    path = write_json(f"time_to_quality-{record['preset']}-cpu.json", payload)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
