@@ -24,9 +24,16 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 
 
 def make_scheduler(name: str, config) -> SchedulerMixin:
-    """Build scheduler `name` from a training scheduler's config (same betas, prediction type)."""
+    """Build scheduler `name` from a training scheduler's config (same betas, prediction type).
+
+    Where the training config clips the predicted x_0 to [-1, 1] (DDPM's `clip_sample`), the multistep
+    solvers get the same bound through their `thresholding` (Saharia et al., 2022): without it their
+    x_0 estimate at t near T, divided by sqrt(abar_T) ~ 0.006, saturates pixel-space samples.
+    """
     try:
         scheduler_class, overrides = SCHEDULERS[name]
     except KeyError:
         raise UserInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}") from None
+    if name in ("dpmsolver", "unipc") and config.get("clip_sample", False):
+        overrides = {**overrides, "thresholding": True, "sample_max_value": config.get("clip_sample_range", 1.0)}
     return scheduler_class.from_config(config, **overrides)
