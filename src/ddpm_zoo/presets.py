@@ -72,7 +72,7 @@ _DIGIT_TRAINING = {
     "resolution": 28,
     "random_flip": False,
     "train_batch_size": 64,
-    "max_train_steps": 2500,
+    "max_train_steps": 2000,
     "learning_rate": 1e-3,
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,
