@@ -102,6 +102,15 @@ def test_real_digits_are_recognisable_also_in_color_and_at_other_sizes(held_out)
     assert ev.conditional_accuracy(larger_probabilities, labels) >= 0.95
 
 
+def test_noise_and_blobs_are_not_recognisable():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(200, 1, 28, 28, generator=generator)
+    blobs = torch.nn.functional.interpolate(torch.rand(200, 1, 6, 6, generator=generator), size=(28, 28))
+    for images in (noise, ((blobs - 0.5) * 4).clamp(0, 1)):
+        probabilities, _ = ev.classify(images)
+        assert ev.recognisability(probabilities) < 0.05
+
+
 def test_real_held_out_digits_are_close_to_the_reference_and_noise_is_far(held_out):
     context = ev.EvaluationContext(ev.digit_reference(), digits=True)
     reference_stats = context.digit_statistics()
@@ -224,6 +233,19 @@ def test_cli_rejects_a_folder_that_is_not_a_model(tmp_path):
     args = evaluate_args(str(tmp_path))
     with pytest.raises(UserInputError, match="model_index.json"):
         args.func(args)
+
+
+def test_guidance_is_refused_for_an_unconditional_model(tmp_path):
+    folder = save_pipeline_folder(tiny_unconditional(), tmp_path / "model")
+    args = evaluate_args(str(folder), "--guidance", "1,3", "--device", "cpu")
+    with pytest.raises(UserInputError, match="class-conditional"):
+        args.func(args)
+
+
+def test_digit_models_are_recognised_by_size_or_class_names():
+    assert ev.is_digit_model(UnconditionalDDPMPipeline(unet=tiny_unet(size=28), scheduler=DDPMScheduler()))
+    assert not ev.is_digit_model(tiny_unconditional())
+    assert ev.is_digit_model(tiny_colored_conditional())
 
 
 def test_non_digit_model_needs_a_reference():

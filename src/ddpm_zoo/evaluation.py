@@ -58,8 +58,9 @@ TASK_TYPE = "unconditional-image-generation"
 
 
 class DigitClassifier(nn.Module):
-    """A small CNN for 28x28 grayscale digits in [0, 1]: three conv stages (28 -> 14 -> 7), global
-    average pooling, a 128-d feature layer (used for Frechet distance) and a 10-way linear head."""
+    """A small CNN for 28x28 grayscale digits in [0, 1]: three conv stages (28 -> 14 -> 7) with GroupNorm
+    (per-image, so training and inference behave alike), global average pooling, a 128-d feature layer
+    (used for Frechet distance) and a 10-way linear head."""
 
     def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), feature_dim: int = 128):
         super().__init__()
@@ -67,7 +68,7 @@ class DigitClassifier(nn.Module):
         in_channels = 1
         for stage, width in enumerate(widths):
             for _ in range(2):
-                layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+                layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.GroupNorm(4, width)]
                 layers.append(nn.ReLU(inplace=True))
                 in_channels = width
             if stage < len(widths) - 1:
@@ -188,9 +189,7 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def frechet_distance(
-    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
-) -> float:
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al., 2017):
     |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2).
 
@@ -265,7 +264,8 @@ def color_counts(images: torch.Tensor) -> dict[str, int]:
 
 @dataclass
 class Reference:
-    """The real images a model is compared with (uint8 NCHW), named for the JSON and the model card."""
+    """The real images a model is compared with (uint8 NCHW), named for the JSON and the model card;
+    `key` identifies their digit-classifier features (the cache key of their statistics)."""
 
     name: str
     dataset_type: str
@@ -284,8 +284,8 @@ def digit_reference(channels: int = 1) -> Reference:
     if channels == 1:
         return Reference(EMBEDDED_MNIST, "ylecun/mnist", "MNIST (mnist-5k)", images, MNIST_5K_CONTENT_SHA256)
     colored = colorize(images, torch.from_numpy(color_indices(len(images), seed=0)))
-    key = f"{MNIST_5K_CONTENT_SHA256}-colorized-seed0"
-    return Reference(EMBEDDED_MNIST, "ylecun/mnist", "colored MNIST (mnist-5k, colorized)", colored, key)
+    name = "colored MNIST (mnist-5k, colorized)"
+    return Reference(EMBEDDED_MNIST, "ylecun/mnist", name, colored, MNIST_5K_CONTENT_SHA256)
 
 
 def dataset_reference(name: str, resolution: int, channels: int) -> Reference:
@@ -339,11 +339,8 @@ def inception_unavailable() -> str | None:
     try:
         import torch_fidelity  # noqa: F401
         import torchmetrics.image.fid  # noqa: F401
-    except ImportError:
-        return (
-            "FID/KID skipped: torchmetrics with torch-fidelity is not installed "
-            "(pip install 'torchmetrics[image]')"
-        )
+    except ImportError as error:
+        return f"FID/KID skipped: torchmetrics[image] (torch-fidelity) cannot be imported here ({error})"
     path = inception_weights_path()
     if not path.is_file():
         return (
@@ -485,19 +482,19 @@ def is_digit_model(pipeline) -> bool:
     config = pipeline.unet.config
     if config.in_channels not in (1, 3):
         return False
-    names = tuple((pipeline.config.get("class_names") or "").split(","))
     if is_conditional(pipeline) and num_classes(pipeline) != NUM_DIGITS:
         return False
-    return names == DIGIT_NAMES or config.sample_size in (DIGIT_SIZE, [DIGIT_SIZE, DIGIT_SIZE])
+    names = tuple((pipeline.config.get("class_names") or "").split(","))
+    size = config.sample_size
+    height_width = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return names == DIGIT_NAMES or height_width == (DIGIT_SIZE, DIGIT_SIZE)
 
 
 def scheduler_name(scheduler) -> str:
     """The ddpm-zoo name of a scheduler instance ('ddpm', 'ddim', ...), else its class name."""
     from ddpm_zoo.schedulers import SCHEDULERS
 
-    return next(
-        (name for name, (cls, _) in SCHEDULERS.items() if type(scheduler) is cls), type(scheduler).__name__
-    )
+    return next((name for name, (cls, _) in SCHEDULERS.items() if type(scheduler) is cls), type(scheduler).__name__)
 
 
 def balanced_labels(count: int, classes: int) -> torch.Tensor:
@@ -585,14 +582,14 @@ def make_context(
     """Decide how to evaluate `pipeline`: digit metrics or not, and against which real images."""
     digits = is_digit_model(pipeline) if digits is None else digits
     channels = int(pipeline.unet.config.in_channels)
-    if isinstance(reference, str) and reference != EMBEDDED_MNIST:
+    if reference == EMBEDDED_MNIST:
+        reference = digit_reference(channels)
+    elif isinstance(reference, str):
         size = pipeline.unet.config.sample_size
         reference = dataset_reference(reference, size if isinstance(size, int) else size[0], channels)
     elif not isinstance(reference, Reference):
         if not digits:
-            raise UserInputError(
-                "name the real images to compare this (non-digit) model with: --reference DATASET"
-            )
+            raise UserInputError("name the real images to compare this (non-digit) model with: --reference DATASET")
         reference = digit_reference(channels)
     return EvaluationContext(reference, digits, device=pipeline.device, extra_metrics=extra)
 
@@ -635,6 +632,18 @@ def evaluate_pipeline(
     return row
 
 
+def requested_labels(pipeline, num_samples: int, seed: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Balanced digit labels for a class-conditional pipeline and, for one that takes `color_labels`
+    (joint digit-and-color conditioning), balanced colors in a seeded order; None where not taken."""
+    parameters = _call_parameters(pipeline)
+    labels = balanced_labels(num_samples, num_classes(pipeline)) if "class_labels" in parameters else None
+    colors = None
+    if "color_labels" in parameters:
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+        colors = balanced_labels(num_samples, len(COLOR_NAMES))[order]
+    return labels, colors
+
+
 def _evaluate_setting(
     pipeline,
     num_samples: int,
@@ -645,15 +654,10 @@ def _evaluate_setting(
     context: EvaluationContext,
     progress: bool,
 ) -> dict[str, Any]:
+    labels, colors = requested_labels(pipeline, num_samples, seed)
     parameters = _call_parameters(pipeline)
-    labels = balanced_labels(num_samples, num_classes(pipeline)) if "class_labels" in parameters else None
     if labels is not None and guidance_scale is None and "guidance_scale" in parameters:
         guidance_scale = parameters["guidance_scale"].default
-    colors = None
-    if "color_labels" in parameters:
-        colors = balanced_labels(num_samples, len(COLOR_NAMES))[
-            torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
-        ]
     images, seconds = generate(
         pipeline,
         num_samples,
@@ -742,9 +746,7 @@ def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
     widths = [max(len(title), 9) for _, title, _ in columns]
     lines = []
     if header:
-        lines.append(
-            "| " + " | ".join(title.ljust(w) for (_, title, _), w in zip(columns, widths, strict=True)) + " |"
-        )
+        lines.append("| " + " | ".join(title.ljust(w) for (_, title, _), w in zip(columns, widths, strict=True)) + " |")
         lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         cells = [
@@ -878,8 +880,7 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument(
         "--output",
         default=None,
-        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} "
-        f"for a folder, ./{RESULTS_FILE} for a Hub id)",
+        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} for a folder, ./{RESULTS_FILE} for a Hub id)",
     )
     parser.add_argument(
         "--reference",
@@ -937,14 +938,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     guidance = (
         [None]
         if args.guidance is None
-        else _parse_list(
-            args.guidance, float, "--guidance", lambda g: g >= 0 and math.isfinite(g), "numbers >= 0"
-        )
+        else _parse_list(args.guidance, float, "--guidance", lambda g: g >= 0 and math.isfinite(g), "numbers >= 0")
     )
     if args.num_samples < 2 or args.batch_size < 1:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = load_pipeline(args.model, device)
+    if args.guidance is not None and not is_conditional(pipeline):
+        raise UserInputError("--guidance applies to class-conditional models only")
     digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
     context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
     rows = sweep(
@@ -956,9 +957,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.batch_size,
         args.seed,
         context=context,
-        progress=False,
     )
-    print(format_table(rows))
     path = write_results(results_document(args.model, rows, context), output_path(args.model, args.output))
     print(f"results written to {path}")
     return 0
