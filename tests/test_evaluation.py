@@ -2,6 +2,7 @@
 evaluate` end to end on a test-sized random model (offline)."""
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -252,3 +253,25 @@ def test_non_digit_model_needs_a_reference():
     pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(channels=3, size=8), scheduler=DDPMScheduler())
     with pytest.raises(UserInputError, match="--reference"):
         ev.make_context(pipeline)
+
+
+def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from ddpm_zoo.hub import TrainingSummary, render_model_card
+
+    folder = save_pipeline_folder(tiny_colored_conditional(), tmp_path / "model")
+    card_summary = TrainingSummary(
+        preset="colored-mnist", conditional=True, dataset="mnist-5k", resolution=8, max_train_steps=3,
+        total_batch_size=16, learning_rate=1e-3, mixed_precision="no", hardware="1 x CPU", wall_time_s=1.0,
+        final_loss=0.5, class_names=DIGIT_NAMES,
+    )  # fmt: skip
+    (folder / "README.md").write_text(str(render_model_card(card_summary)))
+    (folder / "training_summary.json").write_text(json.dumps({"card": dataclasses.asdict(card_summary)}))
+    assert "model-index" not in ModelCard.load(folder / "README.md").data.to_dict()
+    args = evaluate_args(str(folder), "--num_samples", "4", "--steps", "1", "--no_extra_metrics", "--device", "cpu")
+    assert args.func(args) == 0
+    index = ModelCard.load(folder / "README.md").data.to_dict()["model-index"]
+    metrics = {m["type"]: m["value"] for m in index[0]["results"][0]["metrics"]}
+    document = json.loads((folder / ev.RESULTS_FILE).read_text())
+    assert metrics["conditional_accuracy"] == round(document["results"][0]["conditional_accuracy"], 4)

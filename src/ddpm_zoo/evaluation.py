@@ -958,6 +958,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.seed,
         context=context,
     )
-    path = write_results(results_document(args.model, rows, context), output_path(args.model, args.output))
+    document = results_document(args.model, rows, context)
+    path = write_results(document, output_path(args.model, args.output))
     print(f"results written to {path}")
+    if Path(args.model).is_dir():
+        from ddpm_zoo.hub import refresh_model_card
+
+        card = refresh_model_card(args.model, eval_results_for_card(document))
+        if card is not None:
+            print(f"model card updated with these results: {card}")
     return 0

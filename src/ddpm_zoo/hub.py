@@ -236,6 +236,27 @@ def render_model_card(
         return ModelCard.from_template(data, template_path=str(path), **context)
 
 
+def refresh_model_card(folder: str | os.PathLike, eval_results: list[EvalResult]) -> Path | None:
+    """Re-render a trained folder's README.md with evaluation results in its model-index.
+
+    Needs the `training_summary.json` that training writes (its `card` entry); returns None without it.
+    """
+    folder = Path(folder)
+    summary_path = folder / "training_summary.json"
+    if not summary_path.exists():
+        return None
+    recorded = json.loads(summary_path.read_text())
+    if "card" not in recorded:
+        return None
+    fields = {**recorded["card"], "class_names": tuple(recorded["card"].get("class_names", ()))}
+    card = render_model_card(TrainingSummary(**fields), recorded.get("hub_model_id"), eval_results)
+    readme = folder / "README.md"
+    staging = readme.with_name(".README.md.tmp")
+    staging.write_text(str(card))
+    os.replace(staging, readme)
+    return readme
+
+
 # ----------------------------------------------------------------------------------------------- push
 
 

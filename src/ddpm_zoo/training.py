@@ -7,6 +7,7 @@ null class with probability `cond_drop_prob` (classifier-free guidance, Ho & Sal
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -377,26 +378,25 @@ class Trainer:
         buffer = io.BytesIO()
         self.sample_grid().save(buffer, format="PNG")
         config = self.config
-        card = render_model_card(
-            TrainingSummary(
-                preset=config.preset,
-                conditional=config.conditional,
-                dataset=config.train_data_dir or config.dataset_name,
-                resolution=config.resolution,
-                max_train_steps=summary["global_step"],
-                total_batch_size=summary["total_batch_size"],
-                learning_rate=config.learning_rate,
-                mixed_precision=config.mixed_precision,
-                hardware=summary["hardware"],
-                wall_time_s=summary["wall_time_s"],
-                final_loss=summary["final_loss"],
-                num_processes=summary["num_processes"],
-                prediction_type=config.prediction_type,
-                class_names=self.data.class_names,
-                local_dataset=config.train_data_dir is not None,
-            ),
-            repo_id=config.hub_model_id,
+        card_summary = TrainingSummary(
+            preset=config.preset,
+            conditional=config.conditional,
+            dataset=config.train_data_dir or config.dataset_name,
+            resolution=config.resolution,
+            max_train_steps=summary["global_step"],
+            total_batch_size=summary["total_batch_size"],
+            learning_rate=config.learning_rate,
+            mixed_precision=config.mixed_precision,
+            hardware=summary["hardware"],
+            wall_time_s=summary["wall_time_s"],
+            final_loss=summary["final_loss"],
+            num_processes=summary["num_processes"],
+            prediction_type=config.prediction_type,
+            class_names=self.data.class_names,
+            local_dataset=config.train_data_dir is not None,
         )
+        card = render_model_card(card_summary, repo_id=config.hub_model_id)
+        summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": config.hub_model_id}
         extra = {
             "samples/grid.png": buffer.getvalue(),
             "README.md": str(card).encode(),
