@@ -48,9 +48,7 @@ def test_decode_resizes_to_the_resolution(mnist):
 
 def test_grayscale_into_an_rgb_model_needs_convert_channels(mnist):
     small = data.ImageSource(mnist.dataset.select(range(4)), "image", "label")
-    with pytest.raises(
-        DataError, match="has 1 channel\\(s\\) but the model expects 3; pass --convert_channels"
-    ):
+    with pytest.raises(DataError, match="has 1 channel\\(s\\) but the model expects 3; pass --convert_channels"):
         data.decode_dataset(small, resolution=28, channels=3)
     converted = data.decode_dataset(small, resolution=28, channels=3, convert_channels=True)
     assert converted.images.shape == (4, 3, 28, 28)
