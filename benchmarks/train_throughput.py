@@ -36,7 +36,9 @@ from common import (
 CPU_BATCH = {"mnist-tiny": 64, "colored-mnist": 64, "cifar10-ddpm": 8}
 
 
-def measure_one(preset: str, precision: str, unet_config: str | None, batch: int, rounds: int, steps: int) -> dict:
+def measure_one(
+    preset: str, precision: str, unet_config: str | None, batch: int, rounds: int, steps: int, ours_flags: str
+) -> dict:
     """Runs inside a fresh process (Accelerate keeps one precision per process)."""
     from official_style import OfficialStyleTrainer
 
@@ -47,7 +49,9 @@ def measure_one(preset: str, precision: str, unet_config: str | None, batch: int
     argv = ["--preset", preset, "--train_batch_size", str(batch), "--mixed_precision", precision]
     argv += ["--max_train_steps", "1000000", "--logger", "none", "--output_dir", tempfile.mkdtemp()]
     if unet_config:
-        argv += ["--model_config_name_or_path", unet_config]
+        argv += ["--model_config_name_or_path", unet_config, "--convert_channels"]
+    argv += ours_flags.split()
+    compile_start = time.perf_counter()
     config = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
     trainer = Trainer(config)
     source = trainer_source(config)
@@ -69,7 +73,8 @@ def measure_one(preset: str, precision: str, unet_config: str | None, batch: int
 
     timings = {"ddpm-zoo": [], "official-style": []}
     peaks = {"ddpm-zoo": 0.0, "official-style": 0.0}
-    run_ours(2)  # warm-up
+    run_ours(2)  # warm-up (and compilation, with --compile)
+    setup_s = time.perf_counter() - compile_start
     run_baseline(2)
     for _ in range(rounds):
         for name, run in (("ddpm-zoo", run_ours), ("official-style", run_baseline)):
@@ -92,7 +97,7 @@ def measure_one(preset: str, precision: str, unet_config: str | None, batch: int
             {
                 "preset": preset if not unet_config else Path(unet_config).stem,
                 "precision": precision,
-                "trainer": name,
+                "trainer": name + (f" {ours_flags}" if name == "ddpm-zoo" and ours_flags else ""),
                 "batch": batch,
                 "s_per_step": round(step_s, 4),
                 "img_per_s": round(batch / step_s, 1),
@@ -104,6 +109,7 @@ def measure_one(preset: str, precision: str, unet_config: str | None, batch: int
             }
         )
     rows[0]["speedup_vs_official"] = round(rows[1]["s_per_step"] / rows[0]["s_per_step"], 2)
+    rows[0]["setup_s"] = round(setup_s, 1)
     return {"rows": rows}
 
 
@@ -122,11 +128,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
     parser.add_argument("--output", default="train_throughput-cpu.json")
+    parser.add_argument("--ours_flags", default="", help='extra ddpm-zoo options, e.g. "--channels_last --compile"')
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         preset, precision = args._child.split(":")
-        print(json.dumps(measure_one(preset, precision, args.unet_config, args.batch, args.rounds, args.steps)))
+        result = measure_one(preset, precision, args.unet_config, args.batch, args.rounds, args.steps, args.ours_flags)
+        print(json.dumps(result))
         return
     presets = ["mnist-tiny"] if args.unet_config else args.presets.split(",")
     rows = []
@@ -134,7 +142,7 @@ def main() -> None:
         for precision in args.precisions.split(","):
             batch = args.batch or (128 if torch.cuda.is_available() else CPU_BATCH.get(preset, 64))
             command = [sys.executable, __file__, "--_child", f"{preset}:{precision}", "--batch", str(batch)]
-            command += ["--rounds", str(args.rounds), "--steps", str(args.steps)]
+            command += ["--rounds", str(args.rounds), "--steps", str(args.steps), f"--ours_flags={args.ours_flags}"]
             if args.unet_config:
                 command += ["--unet_config", args.unet_config]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -144,7 +152,7 @@ def main() -> None:
             rows += json.loads(result.stdout.strip().splitlines()[-1])["rows"]
             print_table(rows[-2:], list(rows[-1]) + ["speedup_vs_official"])
     columns = ["preset", "precision", "trainer", "batch", "img_per_s", "speedup_vs_official", "gflop_per_img"]
-    columns += ["mfu_pct", "peak_mem_mib", "matmul_gflops", "params_m"]
+    columns += ["mfu_pct", "peak_mem_mib", "matmul_gflops", "params_m", "setup_s"]
     print()
     print_table(rows, columns)
     path = write_json(args.output, {"machine": machine(), "rows": rows})

@@ -69,7 +69,6 @@ def _three_level_28px(channels: int) -> dict[str, Any]:
 
 _DIGIT_TRAINING = {
     "dataset_name": "mnist-5k",
-    "resolution": 28,
     "random_flip": False,
     "train_batch_size": 64,
     "max_train_steps": 2000,
@@ -109,7 +108,6 @@ PRESETS: dict[str, Preset] = {
         scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
         training={
             "dataset_name": "uoft-cs/cifar10",
-            "resolution": 32,
             "random_flip": True,
             "train_batch_size": 128,
             "max_train_steps": 800_000,
