@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 
 
 def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = None) -> UNet2DModel:
@@ -28,8 +28,12 @@ def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = N
 
 
 @pytest.fixture
-def tiny_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and lose much when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -15,12 +15,7 @@ from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unconditional(scheduler: str = "ddpm") -> UnconditionalDDPMPipeline:

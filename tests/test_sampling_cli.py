@@ -4,7 +4,6 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from PIL import Image
@@ -15,13 +14,7 @@ from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ from ddpm_zoo.visualize import (
 NAMES = "red,green,blue"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conditional(scheduler: str = "ddim") -> ClassConditionalDDPMPipeline:
