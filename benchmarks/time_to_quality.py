@@ -2,7 +2,8 @@
 
 Runs the real training script (`accelerate launch train_unconditional.py` or `train_conditional.py`)
 with a checkpoint every `--every` steps, then scores each checkpoint's EMA weights with
-`ddpm_zoo.evaluation` (recognisability >= 0.95 for mnist-tiny; conditional digit accuracy >= 0.95 for
+`ddpm_zoo.evaluation` (recognisability >= 0.90 for mnist-tiny, where real held-out digits score 0.934;
+conditional digit accuracy >= 0.95 for
 colored-mnist) and reports the training seconds recorded in the first checkpoint that meets it.
 
     python benchmarks/time_to_quality.py                         # mnist-tiny, default recipe
@@ -23,12 +24,12 @@ from common import machine, matmul_gflops, print_table, write_json  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from ddpm_zoo import evaluation  # noqa: E402
-from ddpm_zoo.checkpoints import RUN_RECORD, STATE_FILE, complete_checkpoints  # noqa: E402
+from ddpm_zoo.checkpoints import RUN_RECORD, STATE_FILE, checkpoint_step, complete_checkpoints  # noqa: E402
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline  # noqa: E402
 from ddpm_zoo.presets import get_preset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = {"mnist-tiny": ("recognisability", 0.95), "colored-mnist": ("conditional_accuracy", 0.95)}
+TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("conditional_accuracy", 0.95)}
 
 
 def checkpoint_pipeline(checkpoint: Path, record: dict):
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--output_dir", default="time-to-quality-run")
     parser.add_argument("--every", type=int, default=250, help="checkpoint (and score) every N steps")
     parser.add_argument("--max_train_steps", type=int, help="default: the preset's")
-    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--score_every", type=int, default=250, help="score checkpoints whose step is a multiple")
     parser.add_argument("--skip_training", action="store_true", help="only score the checkpoints of --output_dir")
     args = parser.parse_args()
     output = Path(args.output_dir)
@@ -69,6 +71,8 @@ def main() -> None:
     metric, target = TARGETS[record["preset"]]
     rows = []
     for checkpoint in complete_checkpoints(output):
+        if checkpoint_step(checkpoint) % args.score_every:
+            continue
         state = json.loads((checkpoint / STATE_FILE).read_text())
         pipeline = checkpoint_pipeline(checkpoint, record)
         scores = evaluation.evaluate_pipeline(
@@ -79,7 +83,7 @@ def main() -> None:
                 "step": state["global_step"],
                 "train_s": round(state.get("train_seconds", float("nan"))),
                 metric: round(scores[metric], 4),
-                "fd": round(scores.get("fd", float("nan")), 2),
+                "fd_digits": round(scores["fd_digits"], 2),
                 "meets_target": scores[metric] >= target,
             }
         )
