@@ -361,3 +361,36 @@ def test_train_push_delete_pull(hub_server, tmp_path):
     pull = run_python(TRAINED_PULL, hub_server.client_env(tmp_path / "pull-home"), tmp_path, f"{TEST_USER}/trained")
     assert pull.returncode == 0, pull.stderr[-3000:]
     assert pull.stdout.strip().splitlines()[-1] == "UnconditionalDDPMPipeline (2, 8, 8, 1)"
+
+
+CONCURRENT_PULL = (
+    BLOCK_DDPM_ZOO
+    + """
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+print(sum(p.double().sum().item() for p in pipe.unet.parameters()))
+"""
+)
+
+
+def test_concurrent_pulls_of_one_repo_share_the_cache_safely(hub_server, tmp_path):
+    folder, _ = saved_folder(tmp_path, conditional=False, repo_id=f"{TEST_USER}/popular")
+    pipeline = tiny_pipeline(conditional=False)
+    push_pipeline_folder(folder, f"{TEST_USER}/popular", token=TEST_TOKEN)
+    env = hub_server.client_env(tmp_path / "shared-home")
+    pulls = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_PULL, f"{TEST_USER}/popular"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [pull.communicate(timeout=150) for pull in pulls]
+    assert [pull.returncode for pull in pulls] == [0] * 4, [err[-2000:] for _, err in outputs]
+    expected = unet_checksum(pipeline)
+    assert all(float(out.strip().splitlines()[-1]) == pytest.approx(expected) for out, _ in outputs)

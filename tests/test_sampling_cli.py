@@ -1,12 +1,15 @@
 """`ddpm-zoo sample` and `ddpm-zoo visualize` on saved test-sized pipeline folders."""
 
 import argparse
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from PIL import Image
+from safetensors.torch import load_file
 
 from ddpm_zoo import sampling
 from ddpm_zoo.errors import UserInputError
@@ -205,3 +208,16 @@ def test_generate_works_with_plain_diffusers_pipelines():
     pipeline = DDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler(num_train_timesteps=1000))
     images, labels = sampling.generate(pipeline, num_images=3, num_inference_steps=2, batch_size=2, progress=False)
     assert len(images) == 3 and labels is None and images[0].size == (8, 8)
+
+
+def test_a_folder_with_only_pickle_weights_is_refused(models, tmp_path, capsys):
+    from ddpm_zoo.cli import main
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(models["unconditional"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    assert main(["sample", str(folder), "--num_images", "1", "--num_inference_steps", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: cannot load") and "safetensors" in error[0]

@@ -4,6 +4,8 @@ import argparse
 import logging
 import sys
 
+from diffusers.utils import logging as diffusers_logging
+
 from ddpm_zoo import evaluation, hub, sampling
 from ddpm_zoo.errors import UserInputError
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "huggingface_hub", "diffusers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; our commands draw their own bars
     try:
         return args.func(args)
     except UserInputError as error:

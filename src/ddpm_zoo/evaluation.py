@@ -908,19 +908,13 @@ def output_path(model: str, output: str | None) -> Path:
 
 
 def load_pipeline(model: str, device: str):
-    """`DiffusionPipeline.from_pretrained(model, trust_remote_code=True)`, with one-line errors."""
-    from diffusers import DiffusionPipeline
+    """`ddpm_zoo.sampling.load_pipeline` (safetensors only, one-line errors), for pipelines with a UNet."""
+    from ddpm_zoo.sampling import load_pipeline as load_any
 
-    if Path(model).exists() and not (Path(model) / "model_index.json").is_file():
-        raise UserInputError(f"{model} is not a pipeline folder (no model_index.json)")
-    try:
-        pipeline = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"cannot load model {model!r}: {first_line}") from None
+    pipeline = load_any(model, device)
     if not hasattr(pipeline, "unet"):
         raise UserInputError(f"{model} is not a ddpm-zoo style pipeline (it has no unet)")
-    return pipeline.to(device)
+    return pipeline
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -59,7 +59,10 @@ def default_steps(pipeline: DiffusionPipeline) -> int:
 
 def load_pipeline(model: str, device: str | None = None, scheduler: str | None = None) -> DiffusionPipeline:
     """Load a pipeline folder or Hub repo (with its `pipeline.py` as remote code), optionally swap in
-    scheduler `scheduler` (same noise schedule, via `from_config`), and move it to `device`."""
+    scheduler `scheduler` (same noise schedule, via `from_config`), and move it to `device`.
+
+    Only safetensors weights are read: a folder or repo with pickle weights alone (`.bin`, `.pt`) is
+    refused, since unpickling can run arbitrary code."""
     path = Path(model).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():
         raise UserInputError(f"{model} is not a pipeline folder (it has no model_index.json)")
@@ -67,7 +70,7 @@ def load_pipeline(model: str, device: str | None = None, scheduler: str | None =
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise UserInputError(f"no such model folder: {model}")
     try:
-        pipeline = DiffusionPipeline.from_pretrained(source, trust_remote_code=True)
+        pipeline = DiffusionPipeline.from_pretrained(source, trust_remote_code=True, use_safetensors=True)
     except (OSError, ValueError, ImportError, AttributeError, KeyError) as error:
         where = "folder" if path.exists() else "folder or Hub repo"
         raise UserInputError(f"cannot load the {where} {model!r}: {_one_line(error)}") from None
