@@ -2,12 +2,13 @@
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm_zoo.training import cpu_model
 
 RESULTS_DIR = Path(__file__).with_name("results")
 
@@ -21,7 +22,7 @@ def matmul_gflops(seconds: float = 3.0, size: int = 2048, device: str = "cpu", d
     while time.perf_counter() - start < seconds:
         torch.matmul(a, b)
         count += 1
-        if device != "cpu":
+        if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
@@ -57,16 +58,7 @@ def peak_memory_mib(device: str) -> float:
 
 
 def machine() -> dict:
-    info = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        info["cpu_model"] = model
-    except (OSError, StopIteration):
-        pass
+    info = {"cpu_count": os.cpu_count(), "cpu_model": cpu_model()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     info["torch"] = torch.__version__

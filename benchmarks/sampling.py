@@ -12,8 +12,8 @@ O(1) scheduler update), which the table's s/step column lets you check against t
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +25,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import PRESETS
 from ddpm_zoo.schedulers import make_scheduler
+from ddpm_zoo.training import cpu_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import matmul_gflops  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -59,34 +63,9 @@ class _StopSampling(Exception):
     """Raised from the step callback once enough steps have been timed."""
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_gflops(device: torch.device, seconds: float = 2.0, size: int = 2048) -> float:
-    """Sustained fp32 rate of size x size matmuls (2 size^3 flops each) over about `seconds`."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b
-    synchronize(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        synchronize(device)
-        count += 1
-    return count * 2 * size**3 / (time.perf_counter() - start) / 1e9
 
 
 def build_pipeline(preset: str, conditional: bool, device: torch.device):
@@ -200,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     gflops = []
     started = time.perf_counter()
     for _ in range(args.rounds):
-        gflops.append(matmul_gflops(device))
+        gflops.append(matmul_gflops(seconds=2.0, device=device))
         for case in cases:
             pipeline = pipelines[(case.preset, case.guidance_scale is not None)]
             runs[case].append(run_case(pipeline, case, device, args.max_timed_steps))
@@ -208,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, gflops)
     report = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

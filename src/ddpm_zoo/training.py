@@ -562,19 +562,19 @@ def describe_hardware(accelerator: Accelerator) -> str:
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
     else:
-        model = next(
-            (line.split(":", 1)[1].strip() for line in cpu_info_lines() if line.startswith("model name")),
-            platform.processor() or platform.machine(),
-        )
-        name = f"CPU ({model}, {os.cpu_count()} cores)"
+        name = f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
     return f"{accelerator.num_processes} x {name}"
 
 
-def cpu_info_lines() -> list[str]:
+def cpu_model() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what `platform` knows."""
     try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return []
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_training(config: TrainingConfig) -> dict:
