@@ -69,10 +69,11 @@ class PreparedData:
 
     batches: data_lib.InMemoryBatches | data_lib.StreamingBatches
     plan: data_lib.EpochIndexPlan
-    channels: int
-    num_classes: int
     class_names: tuple[str, ...]
-    num_images: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
@@ -131,7 +132,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             config.conditional,
             config.dataloader_num_workers,
         )
-        return PreparedData(batches, plan, unet_channels, len(class_names), class_names, plan.num_samples)
+        return PreparedData(batches, plan, class_names)
     decoded = data_lib.decode_dataset(
         source,
         config.resolution,
@@ -154,7 +155,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             )
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
-    return PreparedData(batches, plan, unet_channels, len(class_names), class_names, len(decoded.images))
+    return PreparedData(batches, plan, class_names)
 
 
 def parameters_finite(model: torch.nn.Module) -> bool:
@@ -257,8 +258,8 @@ class Trainer:
             prediction_type=config.prediction_type,
             **{k: v for k, v in self.preset.scheduler.items() if k not in ("num_train_timesteps", "beta_schedule")},
         )
-        self.steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
-        self.max_train_steps = config.max_train_steps or config.num_epochs * self.steps_per_epoch
+        steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
+        self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
         self._build_optimization()
 
     def _build_optimization(self) -> None:
