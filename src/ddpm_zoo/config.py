@@ -44,6 +44,7 @@ class TrainingConfig:
     ddpm_num_steps: int = 1000
     ddpm_beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
     cond_drop_prob: float = 0.1
     # optimisation
     train_batch_size: int = 64
@@ -130,6 +131,11 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     model.add_argument("--ddpm_num_steps", type=int)
     model.add_argument("--ddpm_beta_schedule", choices=BETA_SCHEDULES)
     model.add_argument("--prediction_type", choices=PREDICTION_TYPES)
+    model.add_argument(
+        "--snr_gamma",
+        type=float,
+        help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice); default: plain MSE",
+    )
     if conditional:
         model.add_argument("--cond_drop_prob", type=float, help="probability of the null class (default 0.1)")
     optim = parser.add_argument_group("optimisation")

@@ -119,6 +119,7 @@ class TrainingSummary:
     final_loss: float | None
     num_processes: int = 1
     prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
     class_names: tuple[str, ...] = ()
     local_dataset: bool = False
 
@@ -170,6 +171,7 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
         ("Learning rate", f"{summary.learning_rate:g}"),
         ("Mixed precision", precision),
         ("Prediction type", summary.prediction_type),
+        ("Loss weighting", "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"),
         ("Hardware", summary.hardware),
         ("Wall time", format_duration(summary.wall_time_s)),
         ("Final loss", "n/a" if summary.final_loss is None else f"{summary.final_loss:.4f}"),

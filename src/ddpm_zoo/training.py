@@ -180,6 +180,29 @@ def training_target(
     return clean
 
 
+def min_snr_weights(scheduler: DDPMScheduler, prediction_type: str, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights of Min-SNR-gamma (Hang et al., 2023, eq. 9), SNR(t) = abar / (1 - abar),
+    expressed for the regressed target: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v, as is for x_0."""
+    alphas_cumprod = scheduler.alphas_cumprod.double()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return (clipped / snr).float()
+    if prediction_type == "v_prediction":
+        return (clipped / (snr + 1)).float()
+    return clipped.float()
+
+
+def diffusion_loss(
+    prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean squared error in fp32 (eq. 14); with `weights`, each image's error is scaled by weights[t]."""
+    if weights is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * weights[t]).mean()
+
+
 @dataclass
 class LossMeter:
     """Loss summed on the device between reads, and the running average of what was read."""
@@ -304,6 +327,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.to(accelerator.device)
         self.noise_scheduler.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(accelerator.device)
+        self.loss_weights = (
+            min_snr_weights(self.noise_scheduler, config.prediction_type, config.snr_gamma).to(accelerator.device)
+            if config.snr_gamma is not None
+            else None
+        )
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -393,6 +421,7 @@ class Trainer:
             final_loss=summary["final_loss"],
             num_processes=summary["num_processes"],
             prediction_type=config.prediction_type,
+            snr_gamma=config.snr_gamma,
             class_names=self.data.class_names,
             local_dataset=config.train_data_dir is not None,
         )
@@ -532,7 +561,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             prediction = self.model(noisy, t, class_labels=class_labels).sample
             target = training_target(self.noise_scheduler, config.prediction_type, clean, noise, t)
-            loss = F.mse_loss(prediction.float(), target.float())
+            loss = diffusion_loss(prediction, target, t, self.loss_weights)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
