@@ -15,6 +15,7 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ATTENTION_KERNELS = ("auto", "sdpa", "classic")
 LOGGERS = ("tensorboard", "wandb", "none")
 SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
 
@@ -66,6 +67,7 @@ class TrainingConfig:
     mixed_precision: str = "no"
     compile: bool = False
     channels_last: bool = False
+    attention: str = "auto"
     num_cpu_threads: int | None = None
     seed: int = 0
     # outputs, checkpoints, logging
@@ -162,6 +164,13 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     _bool_flag(optim, "use_ema", "keep an EMA of the weights; the EMA is what gets published")
     _bool_flag(optim, "compile", "torch.compile the UNet")
     _bool_flag(optim, "channels_last", "channels_last memory format")
+    optim.add_argument(
+        "--attention",
+        choices=ATTENTION_KERNELS,
+        help="attention kernel: PyTorch's fused scaled_dot_product_attention ('sdpa'), diffusers' classic "
+        "baddbmm + softmax + bmm processor ('classic'), or 'auto' (default): classic on CPU, where the fused "
+        "kernel's backward is slow for these short sequences, sdpa elsewhere",
+    )
     optim.add_argument(
         "--num_cpu_threads",
         type=int,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -97,6 +98,20 @@ def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
         return UNet2DModel(**{**unet_config, "num_class_embeds": num_class_embeds})
     except (TypeError, ValueError) as error:
         raise UserInputError(f"invalid UNet2DModel config: {error}") from None
+
+
+def select_attention(unet: UNet2DModel, kernel: str, device: torch.device) -> str:
+    """Give every attention layer the chosen kernel; 'auto' is 'classic' on CPU and 'sdpa' elsewhere.
+
+    Same math either way, softmax(Q K^T / sqrt(d)) V. On CPU, PyTorch's fused SDPA backward took 2.6 s of a
+    10.7 s bf16 profile of a 1.7 M-parameter 32 px UNet (six attention layers over 64 tokens); diffusers'
+    `AttnProcessor` computes the same with baddbmm + softmax + bmm, whose backward is plain matmuls.
+    """
+    chosen = ("classic" if device.type == "cpu" else "sdpa") if kernel == "auto" else kernel
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor() if chosen == "classic" else AttnProcessor2_0())
+    return chosen
 
 
 def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator, preset: Preset) -> PreparedData:
@@ -289,6 +304,7 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         if config.channels_last:
             self.unet = self.unet.to(memory_format=torch.channels_last)
+        self.attention = select_attention(self.unet, config.attention, accelerator.device)
         self.ema = (
             EMAModel(
                 self.unet.parameters(),
