@@ -90,6 +90,22 @@ def test_card_body_has_grid_training_table_and_attribution():
     assert PRESETS["colored-mnist"].dataset.attribution in text
 
 
+@pytest.mark.parametrize(
+    ("prediction_type", "snr_gamma", "target", "weighting"),
+    [
+        ("epsilon", None, "predicting the noise", "uniform"),
+        ("v_prediction", 5.0, "predicting the velocity v = sqrt(abar) eps", "Min-SNR-γ, γ = 5"),
+        ("sample", 2.5, "predicting the clean image", "Min-SNR-γ, γ = 2.5"),
+    ],
+)
+@pytest.mark.parametrize("summary", [SUMMARY, COLORED], ids=["mnist-tiny", "colored-mnist"])
+def test_card_states_the_training_objective(summary, prediction_type, snr_gamma, target, weighting):
+    text = render_model_card(dataclasses.replace(summary, prediction_type=prediction_type, snr_gamma=snr_gamma)).text
+    assert target in text.replace("\n", " ")
+    assert f"| Prediction type | {prediction_type} |" in text
+    assert f"| Loss weighting | {weighting} |" in text
+
+
 def test_eval_results_become_model_index_and_a_table(tmp_path):
     card = render_model_card(SUMMARY, "tester/tiny-digits", eval_results=[FID])
     path = tmp_path / "README.md"

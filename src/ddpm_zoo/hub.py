@@ -179,6 +179,13 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
     return [(name, str(value).replace("|", "\\|")) for name, value in rows]
 
 
+PREDICTION_TARGETS = {
+    "epsilon": "predicting the noise",
+    "v_prediction": "predicting the velocity v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho, 2022)",
+    "sample": "predicting the clean image",
+}
+
+
 def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: list | None) -> dict:
     """Everything the card templates use besides the metadata."""
     preset = PRESETS.get(summary.preset)
@@ -188,6 +195,7 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "model_id": repo_id or "path/to/the/pipeline/folder",
         "title": repo_id.split("/")[-1] if repo_id else f"ddpm-zoo {summary.preset}",
         "preset": summary.preset,
+        "prediction_target": PREDICTION_TARGETS.get(summary.prediction_type, summary.prediction_type),
         "description": preset.description if preset else "A DDPM trained with ddpm-zoo.",
         "conditional": summary.conditional,
         "pipeline_class": "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline",

@@ -76,6 +76,8 @@ _DIGIT_TRAINING = {
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,
     "ema_max_decay": 0.999,
+    "prediction_type": "v_prediction",
+    "snr_gamma": 5.0,
     "mixed_precision": "bf16",
     "checkpointing_steps": 500,
     "save_images_steps": 500,
