@@ -72,7 +72,7 @@ _DIGIT_TRAINING = {
     "random_flip": False,
     "train_batch_size": 64,
     "max_train_steps": 2000,
-    "learning_rate": 1e-3,
+    "learning_rate": 2e-3,
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,
     "ema_max_decay": 0.999,
