@@ -61,6 +61,7 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     assert sorted(p.name for p in unconditional_run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     summary = json.loads((unconditional_run / "training_summary.json").read_text())
     assert summary["global_step"] == 6 and summary["total_batch_size"] == 16
+    assert summary["attention_kernel"] == "classic"  # --attention auto on a CPU
 
 
 def test_published_weights_are_the_ema_weights(unconditional_run):

@@ -71,7 +71,7 @@ _DIGIT_TRAINING = {
     "dataset_name": "mnist-5k",
     "random_flip": False,
     "train_batch_size": 64,
-    "max_train_steps": 2000,
+    "max_train_steps": 1700,
     "learning_rate": 2e-3,
     "lr_scheduler": "cosine",
     "lr_warmup_steps": 100,

@@ -495,6 +495,7 @@ class Trainer:
             "num_processes": accelerator.num_processes,
             "total_batch_size": config.train_batch_size * accelerator.num_processes * accum,
             "hardware": describe_hardware(accelerator),
+            "attention_kernel": self.attention,
         }
         self.save_final_pipeline(summary)
         accelerator.end_training()
