@@ -30,7 +30,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from ddpm_zoo import data as data_lib
@@ -198,14 +198,13 @@ def training_target(
 def min_snr_weights(scheduler: DDPMScheduler, prediction_type: str, gamma: float) -> torch.Tensor:
     """Per-timestep loss weights of Min-SNR-gamma (Hang et al., 2023, eq. 9), SNR(t) = abar / (1 - abar),
     expressed for the regressed target: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v, as is for x_0."""
-    alphas_cumprod = scheduler.alphas_cumprod.double()
-    snr = alphas_cumprod / (1 - alphas_cumprod)
+    snr = compute_snr(scheduler, torch.arange(scheduler.config.num_train_timesteps))
     clipped = snr.clamp(max=gamma)
     if prediction_type == "epsilon":
-        return (clipped / snr).float()
+        return clipped / snr
     if prediction_type == "v_prediction":
-        return (clipped / (snr + 1)).float()
-    return clipped.float()
+        return clipped / (snr + 1)
+    return clipped
 
 
 def diffusion_loss(
