@@ -3,10 +3,11 @@
 import pytest
 import torch
 from conftest import tiny_unet
+from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 from ddpm_zoo.config import build_parser, resolve_config
-from ddpm_zoo.training import select_attention
+from ddpm_zoo.training import attention_layers, select_attention
 
 
 def processors(unet) -> set[type]:
@@ -26,6 +27,44 @@ def test_auto_picks_classic_on_cpu_and_sdpa_elsewhere(kernel, device, expected, 
     unet = tiny_unet()
     assert select_attention(unet, kernel, torch.device(device)) == expected
     assert processors(unet) == {processor}
+
+
+def wide_attention_unet() -> UNet2DModel:
+    """8 heads over 256 tokens at 16x16 (524,288 scores per image), and over 64 tokens in the mid block."""
+    return UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 16),
+        layers_per_block=1,
+        down_block_types=("AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D"),
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+
+
+def test_attention_layers_know_their_token_counts(one_thread):
+    unet = wide_attention_unet()
+    seen = {}
+
+    def record_tokens(module, args, output) -> None:
+        seen[module] = args[0].shape[-2] * args[0].shape[-1]
+
+    for module, _ in attention_layers(unet):
+        module.register_forward_hook(record_tokens)
+    unet(torch.randn(1, 1, 16, 16), torch.tensor([10]))
+    expected = dict(attention_layers(unet))
+    assert seen == expected
+    assert sorted(expected.values()) == [64, 256, 256, 256]
+
+
+def test_auto_keeps_sdpa_for_large_score_matrices_on_cpu():
+    unet = wide_attention_unet()
+    assert select_attention(unet, "auto", torch.device("cpu")) == "classic+sdpa"
+    for module, tokens in attention_layers(unet):
+        assert isinstance(module.processor, AttnProcessor if tokens == 64 else AttnProcessor2_0)
+    assert select_attention(unet, "auto", torch.device("cuda")) == "sdpa"
 
 
 def test_both_kernels_give_the_same_outputs_and_gradients(one_thread):

@@ -168,8 +168,8 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
         "--attention",
         choices=ATTENTION_KERNELS,
         help="attention kernel: PyTorch's fused scaled_dot_product_attention ('sdpa'), diffusers' classic "
-        "baddbmm + softmax + bmm processor ('classic'), or 'auto' (default): classic on CPU, where the fused "
-        "kernel's backward is slow for these short sequences, sdpa elsewhere",
+        "baddbmm + softmax + bmm processor ('classic'), or 'auto' (default): per layer, classic on CPU where "
+        "heads x tokens^2 <= 131072 (the fused kernel's backward is slow there), sdpa everywhere else",
     )
     optim.add_argument(
         "--num_cpu_threads",

@@ -100,18 +100,43 @@ def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
         raise UserInputError(f"invalid UNet2DModel config: {error}") from None
 
 
-def select_attention(unet: UNet2DModel, kernel: str, device: torch.device) -> str:
-    """Give every attention layer the chosen kernel; 'auto' is 'classic' on CPU and 'sdpa' elsewhere.
+# Largest attention score matrix per image (heads x tokens^2) for which the classic kernel beats SDPA on CPU:
+# one attention layer's bf16 forward + backward on 2 threads (benchmarks/attention_kernels.py) took 0.23-0.77x
+# SDPA's time up to 65,536 scores (49-256 tokens, 1-8 heads) and 0.93-1.78x from 524,288 (256 tokens with
+# 8-32 heads; cifar10-ddpm has 32).
+CLASSIC_ATTENTION_MAX_SCORES = 2**17
 
-    Same math either way, softmax(Q K^T / sqrt(d)) V. On CPU, PyTorch's fused SDPA backward took 2.6 s of a
-    10.7 s bf16 profile of a 1.7 M-parameter 32 px UNet (six attention layers over 64 tokens); diffusers'
-    `AttnProcessor` computes the same with baddbmm + softmax + bmm, whose backward is plain matmuls.
+
+def attention_layers(unet: UNet2DModel) -> Iterator[tuple[Attention, int]]:
+    """Every attention layer with its number of tokens (pixels at its level of the UNet)."""
+    size = unet.config.sample_size
+    pixels = size * size if isinstance(size, int) else size[0] * size[1]
+    levels = len(unet.down_blocks)
+    blocks = [*((block, i) for i, block in enumerate(unet.down_blocks)), (unet.mid_block, levels - 1)]
+    blocks += [(block, levels - 1 - j) for j, block in enumerate(unet.up_blocks)]
+    for block, level in blocks:
+        for module in block.modules() if block is not None else ():
+            if isinstance(module, Attention):
+                yield module, pixels // 4**level
+
+
+def select_attention(unet: UNet2DModel, kernel: str, device: torch.device) -> str:
+    """Give every attention layer the chosen kernel and say which were used ('classic', 'sdpa' or both).
+
+    Same math either way, softmax(Q K^T / sqrt(d)) V. 'auto' takes SDPA except on CPU for small score
+    matrices: there PyTorch's fused SDPA backward took 2.6 s of a 10.7 s bf16 profile of a 1.7 M-parameter
+    32 px UNet (six attention layers over 64 tokens), while diffusers' `AttnProcessor` computes the same
+    with baddbmm + softmax + bmm, whose backward is plain matmuls.
     """
-    chosen = ("classic" if device.type == "cpu" else "sdpa") if kernel == "auto" else kernel
-    for module in unet.modules():
-        if isinstance(module, Attention):
-            module.set_processor(AttnProcessor() if chosen == "classic" else AttnProcessor2_0())
-    return chosen
+    used = set()
+    for module, tokens in attention_layers(unet):
+        choice = kernel
+        if kernel == "auto":
+            small = module.heads * tokens**2 <= CLASSIC_ATTENTION_MAX_SCORES
+            choice = "classic" if device.type == "cpu" and small else "sdpa"
+        module.set_processor(AttnProcessor() if choice == "classic" else AttnProcessor2_0())
+        used.add(choice)
+    return "+".join(sorted(used)) or "none"
 
 
 def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accelerator, preset: Preset) -> PreparedData:
