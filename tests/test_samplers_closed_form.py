@@ -309,11 +309,13 @@ def test_guidance_reduces_to_conditional_and_unconditional_exactly():
     assert model.batch_sizes == [6, 6, 12]  # one call each; w=3 batches conditional and null together
 
 
-@pytest.mark.parametrize("guidance_scale,batch_factor", [(0.0, 1), (1.0, 1), (3.0, 2)])
+@pytest.mark.parametrize("guidance_scale,batch_factor", [(0.0, 1), (1.0, 1), (3.0, 2), (None, 2)])
 def test_guidance_uses_one_unet_call_per_step(guidance_scale, batch_factor):
+    """None: the default scale, 3, guides (both predictions in one batched call)."""
     pipeline = guided_pipeline("dpmsolver")
     pipeline.set_progress_bar_config(disable=True)
-    pipeline(class_labels=[0, 2, "mid"], guidance_scale=guidance_scale, num_inference_steps=7, output_type="pt")
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    pipeline(class_labels=[0, 2, "mid"], num_inference_steps=7, output_type="pt", **guidance)
     assert pipeline.unet.batch_sizes == [3 * batch_factor] * 7
 
 

@@ -342,7 +342,6 @@ def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -
     """Make the picture `args.kind` asks for (the animation is written to `output` directly)."""
     class_labels = parse_class_labels(args.class_labels)
     steps = args.num_inference_steps or default_steps(pipeline)
-    guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
     if args.kind == "forward":
         config = pipeline.unet.config
         images, names = forward_images(
@@ -367,6 +366,7 @@ def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -
         raise UserInputError("this pipeline has no callback_on_step_end; it cannot show the reverse process")
     rows = len(image_labels(pipeline, None, class_labels) or []) or args.num_images or 10
     generator = [torch.Generator().manual_seed(args.seed + i) for i in range(rows)]
+    guidance = args.guidance_scale
     if args.kind == "reverse-grid":
         return reverse_grid(pipeline, args.num_columns, steps, class_labels, rows, guidance, generator, args.scale)
     reverse_animation(
@@ -406,7 +406,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--guidance_scale",
         type=float,
         default=None,
-        help="classifier-free guidance weight w >= 0: 0 unconditional, 1 conditional (default), >1 stronger",
+        help="classifier-free guidance weight w >= 0: 0 unconditional, 1 conditional, >1 stronger "
+        "(default: the pipeline's, 3)",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")

@@ -402,7 +402,7 @@ class Trainer:
         return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
 
     def sample_grid(self):
-        """A grid from the EMA weights; conditional grids have one column per class."""
+        """A grid from the EMA weights at the pipeline's default guidance; conditional grids: one column per class."""
         count = self.config.num_sample_images
         scheduler = make_scheduler(self.config.sample_scheduler, self.noise_scheduler.config)
         pipeline = self.pipeline(scheduler)
@@ -414,7 +414,7 @@ class Trainer:
         with self.ema_weights():
             if self.config.conditional:
                 labels = [i % self.data.num_classes for i in range(count)]
-                images = pipeline(class_labels=labels, guidance_scale=1.0, **kwargs).images
+                images = pipeline(class_labels=labels, **kwargs).images
                 columns = self.data.num_classes
             else:
                 images = pipeline(batch_size=count, **kwargs).images

@@ -241,14 +241,16 @@ def reverse_process_frames(
     return steps, timesteps, torch.stack(frames)
 
 
-def _call_kwargs(pipeline, class_labels: Sequence[int | str] | None, num_rows: int, guidance_scale: float):
-    """Pipeline arguments and row labels: one row per class (conditional) or per sample."""
+def _call_kwargs(pipeline, class_labels: Sequence[int | str] | None, num_rows: int, guidance_scale: float | None):
+    """Pipeline arguments and row labels: one row per class (conditional) or per sample; a `guidance_scale`
+    of None keeps the pipeline's default."""
     if is_conditional(pipeline):
         labels = list(class_labels) if class_labels else list(range(pipeline.num_classes))
         indices = [pipeline.class_index(label) for label in labels]
         names = pipeline.labels
         row_labels = [names[i] if i < len(names) else str(i) for i in indices]
-        return {"class_labels": indices, "guidance_scale": guidance_scale}, row_labels
+        guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+        return {"class_labels": indices, **guidance}, row_labels
     return {"batch_size": num_rows}, [str(i) for i in range(num_rows)]
 
 
@@ -258,7 +260,7 @@ def reverse_grid(
     num_inference_steps: int = 1000,
     class_labels: Sequence[int | str] | None = None,
     num_rows: int = 10,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     scale: int | None = None,
 ) -> Image.Image:
@@ -282,7 +284,7 @@ def reverse_animation(
     num_inference_steps: int = 1000,
     class_labels: Sequence[int | str] | None = None,
     num_images: int = 10,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     scale: int | None = None,
     hold_last_s: float = 1.5,
