@@ -24,7 +24,13 @@ from common import machine, matmul_gflops, print_table, write_json  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from ddpm_zoo import evaluation  # noqa: E402
-from ddpm_zoo.checkpoints import RUN_RECORD, STATE_FILE, checkpoint_step, complete_checkpoints  # noqa: E402
+from ddpm_zoo.checkpoints import (  # noqa: E402
+    RUN_RECORD,
+    STATE_FILE,
+    checkpoint_step,
+    complete_checkpoints,
+    load_guide,
+)
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline  # noqa: E402
 from ddpm_zoo.presets import get_preset  # noqa: E402
 
@@ -33,7 +39,8 @@ TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("condition
 
 
 def checkpoint_pipeline(checkpoint: Path, record: dict):
-    """The EMA weights of a checkpoint as a pipeline with the run's noise schedule."""
+    """The EMA weights of a checkpoint as a pipeline with the run's noise schedule (and, once the run has
+    taken it, its autoguidance guide at the run's scale: what the run would publish at that step)."""
     unet = UNet2DModel.from_pretrained(checkpoint / "unet_ema")
     scheduler = DDPMScheduler(
         num_train_timesteps=record["ddpm_num_steps"],
@@ -43,7 +50,12 @@ def checkpoint_pipeline(checkpoint: Path, record: dict):
     if record["conditional"]:
         names = ",".join(get_preset(record["preset"]).class_names)
         return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names)
-    return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+    guide = load_guide(checkpoint)
+    if guide is None:
+        return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+    return UnconditionalDDPMPipeline(
+        unet=unet, scheduler=scheduler, guide_unet=guide, autoguidance_scale=record["autoguidance_scale"]
+    )
 
 
 def main() -> None:
@@ -82,6 +94,7 @@ def main() -> None:
             {
                 "step": state["global_step"],
                 "train_s": round(state.get("train_seconds", float("nan"))),
+                "guidance": scores["guidance_scale"],
                 metric: round(scores[metric], 4),
                 "fd_digits": round(scores["fd_digits"], 2),
                 "meets_target": scores[metric] >= target,

@@ -19,24 +19,11 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.utils.torch_utils import randn_tensor
 
 
-class UnconditionalDDPMPipeline(DiffusionPipeline):
-    r"""
-    Pipeline for unconditional image generation with a `UNet2DModel`.
-
-    Parameters:
-        unet ([`UNet2DModel`]):
-            A `UNet2DModel` that predicts the noise (or `v`, or the clean sample) of a noisy image.
-        scheduler ([`SchedulerMixin`]):
-            Any diffusers scheduler built for the same noise schedule, e.g. `DDPMScheduler`,
-            `DDIMScheduler` or `DPMSolverMultistepScheduler` via `from_config`.
-    """
+class DDPMPipelineBase(DiffusionPipeline):
+    """The reverse process shared by ddpm-zoo's pipelines: latents, scheduler steps, post-processing."""
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
-
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
 
     def prepare_latents(
         self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None
@@ -78,48 +65,6 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}.")
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Callable[["UnconditionalDDPMPipeline", int, int, dict], dict] | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-    ) -> ImagePipelineOutput | tuple:
-        r"""
-        Generate images by running the reverse process from pure noise.
-
-        Args:
-            batch_size (`int`, defaults to 1): number of images to generate.
-            generator (`torch.Generator`, *optional*): makes generation deterministic.
-            num_inference_steps (`int`, defaults to 1000): number of denoising steps.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (NHWC floats in [0, 1]) or
-                `"pt"` (NCHW tensor in [0, 1]).
-            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` or a tuple.
-            callback_on_step_end (`Callable`, *optional*): called as
-                `callback_on_step_end(self, i, t, callback_kwargs)` after each step; may return a dict
-                with a replacement `latents`.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
-                `callback_kwargs`; only `"latents"` is available.
-
-        Returns:
-            [`ImagePipelineOutput`] or `tuple`: the generated images.
-        """
-        self.check_common_inputs(batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
-        return self.run_reverse_process(
-            batch_size,
-            lambda model_input, t: self.unet(model_input, t).sample,
-            generator,
-            num_inference_steps,
-            output_type,
-            return_dict,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-
     def run_reverse_process(
         self,
         batch_size: int,
@@ -154,7 +99,109 @@ class UnconditionalDDPMPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
 
-class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
+class UnconditionalDDPMPipeline(DDPMPipelineBase):
+    r"""
+    Pipeline for unconditional image generation with a `UNet2DModel`, optionally autoguided.
+
+    Parameters:
+        unet ([`UNet2DModel`]):
+            A `UNet2DModel` that predicts the noise (or `v`, or the clean sample) of a noisy image.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler built for the same noise schedule, e.g. `DDPMScheduler`,
+            `DDIMScheduler` or `DPMSolverMultistepScheduler` via `from_config`.
+        guide_unet ([`UNet2DModel`], *optional*):
+            A weaker version of `unet` for autoguidance (Karras et al., 2024), e.g. its EMA weights
+            from early in training; the prediction is pushed away from the guide's.
+        autoguidance_scale (`float`, defaults to 1.0):
+            The guidance weight `__call__` uses by default; 1 (no guidance) without `guide_unet`.
+    """
+
+    model_cpu_offload_seq = "unet->guide_unet"
+    _optional_components = ["guide_unet"]
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        guide_unet: UNet2DModel | None = None,
+        autoguidance_scale: float = 1.0,
+    ):
+        super().__init__()
+        check_guidance_scale(autoguidance_scale)
+        self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
+        self.register_to_config(autoguidance_scale=autoguidance_scale)
+
+    def autoguided_prediction(self, model_input: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """Autoguidance (Karras et al., 2024, eq. 2): D_w(x) = D_guide(x) + w * (D(x) - D_guide(x)).
+
+        The combination is affine with weights summing to 1, so it holds for an epsilon, v or x_0
+        prediction alike. Scale 1 is the main network alone, one UNet call per step.
+        """
+        prediction = self.unet(model_input, t).sample
+        if guidance_scale == 1:
+            return prediction
+        guide = self.guide_unet(model_input, t).sample
+        return guide + guidance_scale * (prediction - guide)
+
+    def resolve_guidance_scale(self, guidance_scale: float | None) -> float:
+        """None -> the saved `autoguidance_scale`; any scale but 1 needs a `guide_unet`."""
+        guidance_scale = self.config.autoguidance_scale if guidance_scale is None else guidance_scale
+        check_guidance_scale(guidance_scale)
+        if guidance_scale != 1 and self.guide_unet is None:
+            raise ValueError(
+                f"`guidance_scale` {guidance_scale!r} needs a `guide_unet` for autoguidance; this pipeline has "
+                "none, so only 1 (or None) is possible."
+            )
+        return float(guidance_scale)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["UnconditionalDDPMPipeline", int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        guidance_scale: float | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""
+        Generate images by running the reverse process from pure noise.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images to generate.
+            generator (`torch.Generator`, *optional*): makes generation deterministic.
+            num_inference_steps (`int`, defaults to 1000): number of denoising steps.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (NHWC floats in [0, 1]) or
+                `"pt"` (NCHW tensor in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` or a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as
+                `callback_on_step_end(self, i, t, callback_kwargs)` after each step; may return a dict
+                with a replacement `latents`.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
+                `callback_kwargs`; only `"latents"` is available.
+            guidance_scale (`float`, *optional*): autoguidance weight `w >= 0` (needs `guide_unet`);
+                defaults to the pipeline's `autoguidance_scale`. 1 uses `unet` alone.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the generated images.
+        """
+        self.check_common_inputs(batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
+        return self.run_reverse_process(
+            batch_size,
+            lambda model_input, t: self.autoguided_prediction(model_input, t, guidance_scale),
+            generator,
+            num_inference_steps,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+
+
+class ClassConditionalDDPMPipeline(DDPMPipelineBase):
     r"""
     Pipeline for class-conditional image generation with classifier-free guidance.
 
@@ -170,7 +217,8 @@ class ClassConditionalDDPMPipeline(UnconditionalDDPMPipeline):
     """
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: str | None = None):
-        super().__init__(unet=unet, scheduler=scheduler)
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=class_names)
 
     @property

@@ -243,6 +243,24 @@ def test_guidance_is_refused_for_an_unconditional_model(tmp_path):
         args.func(args)
 
 
+def test_autoguided_model_sweeps_guidance_and_defaults_to_its_saved_scale():
+    guide = tiny_unet(channels=1, size=8)
+    with torch.no_grad():
+        for parameter in guide.parameters():
+            parameter.mul_(0.9)
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(channels=1, size=8), scheduler=DDPMScheduler(), guide_unet=guide, autoguidance_scale=2.5
+    )
+    assert ev.takes_guidance(pipeline) and ev.default_guidance_scale(pipeline) == 2.5
+    assert not ev.takes_guidance(tiny_unconditional()) and ev.default_guidance_scale(tiny_unconditional()) is None
+    context = ev.make_context(pipeline, digits=True, extra=False)
+    rows = ev.sweep(
+        pipeline, ["ddim"], [2], [None, 1.0, 4.0], num_samples=4, batch_size=4, progress=False, context=context
+    )
+    assert [row["guidance_scale"] for row in rows] == [2.5, 1.0, 4.0]
+    assert rows[0]["fd_digits"] != rows[1]["fd_digits"]
+
+
 def test_digit_models_are_recognised_by_size_or_class_names():
     assert ev.is_digit_model(UnconditionalDDPMPipeline(unet=tiny_unet(size=28), scheduler=DDPMScheduler()))
     assert not ev.is_digit_model(tiny_unconditional())

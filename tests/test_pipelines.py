@@ -165,3 +165,85 @@ def test_saved_folder_loads_with_plain_diffusers(tmp_path):
     kwargs = {"class_labels": ["seven", 1], "guidance_scale": 2.0, "num_inference_steps": STEPS}
     expected = pipeline(generator=seeded(3), output_type="pt", **kwargs).images
     torch.testing.assert_close(loaded(generator=seeded(3), output_type="pt", **kwargs).images, expected)
+
+
+def autoguided(autoguidance_scale: float = 2.5) -> UnconditionalDDPMPipeline:
+    """An unconditional pipeline whose guide is a perturbed copy of its UNet."""
+    config = DDPMScheduler(num_train_timesteps=1000).config
+    guide = tiny_unet(1, 8)
+    with torch.no_grad():
+        for parameter in guide.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=seeded(1)))
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(1, 8),
+        scheduler=make_scheduler("ddim", config),
+        guide_unet=guide,
+        autoguidance_scale=autoguidance_scale,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_autoguidance_extrapolates_from_the_guide_to_the_main_prediction():
+    """Karras et al. (2024), eq. 2: D_w = D_guide + w (D - D_guide), replayed by hand with DDIM."""
+    pipeline = autoguided()
+    images = pipeline(batch_size=2, num_inference_steps=STEPS, generator=seeded(5), output_type="pt").images
+    scheduler = make_scheduler("ddim", pipeline.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    latents = torch.randn((2, 1, 8, 8), generator=seeded(5))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            main, guide = pipeline.unet(latents, t).sample, pipeline.guide_unet(latents, t).sample
+            latents = scheduler.step(guide + 2.5 * (main - guide), t, latents).prev_sample
+    torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))
+    unguided = pipeline(
+        batch_size=2, num_inference_steps=STEPS, generator=seeded(5), output_type="pt", guidance_scale=1
+    ).images
+    assert (unguided - images).abs().max() > 1e-3
+
+
+def test_guidance_scale_defaults_to_the_saved_scale_and_one_skips_the_guide():
+    pipeline = autoguided(autoguidance_scale=2.5)
+    main_calls, guide_calls = count_calls(pipeline.unet), count_calls(pipeline.guide_unet)
+    default = pipeline(batch_size=1, num_inference_steps=STEPS, generator=seeded(), output_type="pt").images
+    assert len(main_calls) == len(guide_calls) == STEPS
+    explicit = pipeline(
+        batch_size=1, num_inference_steps=STEPS, generator=seeded(), output_type="pt", guidance_scale=2.5
+    ).images
+    torch.testing.assert_close(default, explicit)
+    pipeline(batch_size=1, num_inference_steps=STEPS, guidance_scale=1)
+    assert len(main_calls) == 3 * STEPS and len(guide_calls) == 2 * STEPS
+
+
+@pytest.mark.parametrize("guidance_scale", [-1.0, float("nan"), True])
+def test_bad_autoguidance_scale(guidance_scale):
+    with pytest.raises(ValueError, match="guidance_scale"):
+        autoguided()(batch_size=1, num_inference_steps=1, guidance_scale=guidance_scale)
+
+
+def test_guidance_without_a_guide_unet_is_refused():
+    pipeline = unconditional()
+    with pytest.raises(ValueError, match="needs a `guide_unet`"):
+        pipeline(batch_size=1, num_inference_steps=1, guidance_scale=2.0)
+    assert pipeline(batch_size=1, num_inference_steps=1, guidance_scale=1, output_type="pt").images.shape[0] == 1
+
+
+@pytest.mark.parametrize("with_guide", [True, False])
+def test_saved_unconditional_folder_round_trips_with_and_without_a_guide(tmp_path, with_guide):
+    pipeline = autoguided(autoguidance_scale=2.5) if with_guide else unconditional("ddim")
+    save_pipeline_folder(pipeline, tmp_path / "model")
+    assert (tmp_path / "model" / "guide_unet" / "diffusion_pytorch_model.safetensors").exists() == with_guide
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert type(loaded).__name__ == "UnconditionalDDPMPipeline"
+    assert (loaded.guide_unet is not None) == with_guide
+    assert loaded.config.autoguidance_scale == (2.5 if with_guide else 1.0)
+    loaded.set_progress_bar_config(disable=True)
+    kwargs = {"batch_size": 2, "num_inference_steps": STEPS, "output_type": "pt"}
+    expected = pipeline(generator=seeded(3), **kwargs).images
+    torch.testing.assert_close(loaded(generator=seeded(3), **kwargs).images, expected)

@@ -29,9 +29,16 @@ def models(tmp_path_factory) -> dict[str, str]:
         unet=tiny_unet(3, 8, num_class_embeds=11), scheduler=scheduler, class_names=",".join(DIGIT_NAMES)
     )
     unconditional = UnconditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=scheduler)
-    save_pipeline_folder(conditional, root / "conditional")
-    save_pipeline_folder(unconditional, root / "unconditional")
-    return {"conditional": str(root / "conditional"), "unconditional": str(root / "unconditional")}
+    guide = tiny_unet(1, 8)
+    with torch.no_grad():
+        for parameter in guide.parameters():
+            parameter.mul_(0.9)
+    autoguided = UnconditionalDDPMPipeline(
+        unet=tiny_unet(1, 8), scheduler=scheduler, guide_unet=guide, autoguidance_scale=3.0
+    )
+    for name, pipeline in (("conditional", conditional), ("unconditional", unconditional), ("autoguided", autoguided)):
+        save_pipeline_folder(pipeline, root / name)
+    return {name: str(root / name) for name in ("conditional", "unconditional", "autoguided")}
 
 
 def run(*argv: str) -> int:
@@ -69,6 +76,18 @@ def test_sample_unconditional_with_another_scheduler(models, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "grid.png"]
     with Image.open(out / "00000.png") as image:
         assert image.mode == "L"
+
+
+def test_sample_autoguided_model_takes_a_guidance_scale(models, tmp_path):
+    argv = ["--num_images", "2", "--scheduler", "ddim", "--num_inference_steps", "3", "--device", "cpu"]
+    for scale in ("1", "3"):
+        assert (
+            run("sample", models["autoguided"], *argv, "--guidance_scale", scale, "--output_dir", str(tmp_path / scale))
+            == 0
+        )
+    assert run("sample", models["autoguided"], *argv, "--output_dir", str(tmp_path / "default")) == 0
+    default, explicit, unguided = (pixels(tmp_path / name / "00000.png") for name in ("default", "3", "1"))
+    assert np.array_equal(default, explicit) and not np.array_equal(default, unguided)
 
 
 @pytest.mark.parametrize(

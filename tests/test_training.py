@@ -62,6 +62,12 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     summary = json.loads((unconditional_run / "training_summary.json").read_text())
     assert summary["global_step"] == 6 and summary["total_batch_size"] == 16
     assert summary["attention_kernel"] == "classic"  # --attention auto on a CPU
+    # mnist-tiny autoguides: the EMA weights after a quarter of the 6 steps are kept as the guide
+    assert summary["autoguidance"] == {"scale": 3.0, "guide_step": 2}
+    assert index["autoguidance_scale"] == 3.0 and index["guide_unet"] == ["diffusers", "UNet2DModel"]
+    assert (unconditional_run / "guide_unet" / "diffusion_pytorch_model.safetensors").exists()
+    card = (unconditional_run / "README.md").read_text()
+    assert "the EMA weights from training step 2" in card and "autoguidance, w = 3" in card
 
 
 def test_published_weights_are_the_ema_weights(unconditional_run):
@@ -75,6 +81,52 @@ def test_published_weights_are_the_ema_weights(unconditional_run):
 def test_unconditional_folder_loads_with_plain_diffusers(unconditional_run):
     result = load_and_sample(unconditional_run, batch_size=3)
     assert result == {"class": "UnconditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
+    assert load_and_sample(unconditional_run, batch_size=2, guidance_scale=1.0)["shape"] == [2, 8, 8, 1]
+
+
+def test_guide_is_the_ema_at_the_guide_step_and_survives_checkpoints(tmp_path, unet_config):
+    output = tmp_path / "guided"
+    args = tiny_training_args(
+        output,
+        unet_config,
+        steps=4,
+        checkpointing_steps="1",
+        checkpoints_total_limit="10",
+        autoguidance_scale="2",
+        autoguidance_guide_fraction="0.5",
+    )
+    result = launch("train_unconditional.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = "diffusion_pytorch_model.safetensors"
+    guide = load_file(output / "guide_unet" / weights)
+    ema_at_2, ema_at_4 = (load_file(output / f"checkpoint-{n}" / "unet_ema" / weights) for n in (2, 4))
+    assert all(torch.equal(guide[name], ema_at_2[name]) for name in guide)
+    assert any(not torch.equal(guide[name], ema_at_4[name]) for name in guide)
+    assert not (output / "checkpoint-1" / "unet_guide").exists()
+    for step in (2, 3, 4):
+        kept = load_file(output / f"checkpoint-{step}" / "unet_guide" / weights)
+        assert all(torch.equal(guide[name], kept[name]) for name in guide)
+    assert json.loads((output / "model_index.json").read_text())["autoguidance_scale"] == 2.0
+
+    resumed = tmp_path / "resumed-guided"
+    resumed.mkdir()
+    shutil.copytree(output / "checkpoint-3", resumed / "checkpoint-3")
+    args = tiny_training_args(resumed, unet_config, steps=4, autoguidance_scale="2", resume_from_checkpoint="latest")
+    result = launch("train_unconditional.py", args + ["--autoguidance_guide_fraction", "0.5"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = load_file(resumed / "guide_unet" / weights)
+    assert all(torch.equal(guide[name], again[name]) for name in guide)
+
+
+def test_no_guide_without_autoguidance(tmp_path, unet_config):
+    output = tmp_path / "plain"
+    result = launch("train_unconditional.py", tiny_training_args(output, unet_config, steps=2, autoguidance_scale="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = json.loads((output / "model_index.json").read_text())
+    assert index["guide_unet"] == [None, None] and index["autoguidance_scale"] == 1.0
+    assert not (output / "guide_unet").exists()
+    assert json.loads((output / "training_summary.json").read_text())["autoguidance"] is None
+    assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
 
 
 def test_conditional_run_respects_class_labels(tmp_path, unet_config):
@@ -87,6 +139,7 @@ def test_conditional_run_respects_class_labels(tmp_path, unet_config):
     index = json.loads((output / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "ClassConditionalDDPMPipeline"]
     assert index["class_names"].split(",")[7] == "seven"
+    assert "guide_unet" not in index  # mnist-tiny's autoguidance default is for unconditional runs
     result = load_and_sample(output, class_labels=[0, "three", 7], guidance_scale=2.0)
     assert result == {"class": "ClassConditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
 

@@ -1,8 +1,9 @@
 """Training checkpoints that are complete or absent: written to a hidden folder, renamed into place.
 
 A checkpoint folder `checkpoint-<step>` holds Accelerate's state (model as safetensors, optimizer,
-learning-rate schedule, RNG states), the EMA weights as safetensors in `unet_ema/`, and, written last,
-`training_state.json`. Only folders with that file count as checkpoints.
+learning-rate schedule, RNG states), the EMA weights as safetensors in `unet_ema/`, the autoguidance
+guide in `unet_guide/` once it has been taken, and, written last, `training_state.json`. Only folders
+with that file count as checkpoints.
 """
 
 import json
@@ -17,6 +18,7 @@ from ddpm_zoo.errors import UserInputError
 
 RUN_RECORD = "ddpm_zoo_run.json"
 STATE_FILE = "training_state.json"
+GUIDE_FOLDER = "unet_guide"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -70,6 +72,7 @@ def save_checkpoint(
     step: int,
     total_limit: int | None,
     train_seconds: float = 0.0,
+    guide: UNet2DModel | None = None,
 ) -> Path:
     """Every process writes its part into `.checkpoint-<step>.tmp`; the main process then adds the EMA
     and the state file (step, training seconds so far) and renames the folder into place, then prunes
@@ -84,6 +87,8 @@ def save_checkpoint(
         if accelerator.is_main_process:
             if ema is not None:
                 ema.save_pretrained(str(staging / "unet_ema"))
+            if guide is not None:
+                guide.save_pretrained(str(staging / GUIDE_FOLDER))
             state = {"global_step": step, "num_processes": accelerator.num_processes, "train_seconds": train_seconds}
             (staging / STATE_FILE).write_text(json.dumps(state))
             if final.exists():
@@ -115,3 +120,8 @@ def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) 
         ema.to(accelerator.device)
     state = json.loads((path / STATE_FILE).read_text())
     return int(state["global_step"]), float(state.get("train_seconds", 0.0))
+
+
+def load_guide(path: Path) -> UNet2DModel | None:
+    """The autoguidance guide a checkpoint holds, or None when it was written before the guide was taken."""
+    return UNet2DModel.from_pretrained(str(path / GUIDE_FOLDER)) if (path / GUIDE_FOLDER).is_dir() else None

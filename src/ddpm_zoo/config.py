@@ -4,6 +4,7 @@ that a preset supplies defaults which any option given on the command line overr
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ class TrainingConfig:
     prediction_type: str = "epsilon"
     snr_gamma: float | None = None
     cond_drop_prob: float = 0.1
+    autoguidance_scale: float = 1.0
+    autoguidance_guide_fraction: float = 0.25
     # optimisation
     train_batch_size: int = 64
     num_epochs: int | None = None
@@ -140,6 +143,18 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     )
     if conditional:
         model.add_argument("--cond_drop_prob", type=float, help="probability of the null class (default 0.1)")
+    else:
+        model.add_argument(
+            "--autoguidance_scale",
+            type=float,
+            help="autoguidance weight (Karras et al., 2024) saved as the pipeline's default; a value other than "
+            "1 keeps the EMA weights from early in training as the guide model (default 1: no guide)",
+        )
+        model.add_argument(
+            "--autoguidance_guide_fraction",
+            type=float,
+            help="the guide is the EMA weights after this fraction of the optimizer steps (default 0.25)",
+        )
     optim = parser.add_argument_group("optimisation")
     for name, kind_ in (
         ("train_batch_size", int),
@@ -217,6 +232,8 @@ def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfi
     values: dict[str, Any] = {**preset.training}
     values.update({key: value for key, value in vars(args).items() if value is not None})
     values["conditional"] = conditional
+    if conditional:  # autoguidance is an unconditional preset's default; conditional models use CFG
+        values.pop("autoguidance_scale", None)
     if values.get("output_dir") is None:
         suffix = "-cond" if conditional and preset.name != CONDITIONAL_PRESET else ""
         values["output_dir"] = f"ddpm-{preset.name}{suffix}-output"
@@ -237,6 +254,12 @@ def validate(config: TrainingConfig) -> None:
             raise UserInputError(f"--{name} must be at least 1, got {value}")
     if config.learning_rate <= 0:
         raise UserInputError(f"--learning_rate must be positive, got {config.learning_rate}")
+    if not (math.isfinite(config.autoguidance_scale) and config.autoguidance_scale >= 0):
+        raise UserInputError(f"--autoguidance_scale must be a finite number >= 0, got {config.autoguidance_scale}")
+    if not 0 < config.autoguidance_guide_fraction < 1:
+        raise UserInputError(
+            f"--autoguidance_guide_fraction must be between 0 and 1, got {config.autoguidance_guide_fraction}"
+        )
     if not 0 <= config.cond_drop_prob < 1:
         raise UserInputError(f"--cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
     if config.push_to_hub and not config.hub_model_id:

@@ -471,6 +471,23 @@ def is_conditional(pipeline) -> bool:
     return "class_labels" in _call_parameters(pipeline)
 
 
+def takes_guidance(pipeline) -> bool:
+    """Whether a guidance weight applies: classifier-free guidance (class-conditional) or autoguidance (an
+    unconditional pipeline with a `guide_unet`)."""
+    if "guidance_scale" not in _call_parameters(pipeline):
+        return False
+    return is_conditional(pipeline) or getattr(pipeline, "guide_unet", None) is not None
+
+
+def default_guidance_scale(pipeline) -> float | None:
+    """The weight the pipeline uses when none is given; None where no guidance applies."""
+    if not takes_guidance(pipeline):
+        return None
+    if is_conditional(pipeline):
+        return _call_parameters(pipeline)["guidance_scale"].default
+    return float(pipeline.config.autoguidance_scale)
+
+
 def num_classes(pipeline) -> int:
     """Number of real classes of a class-conditional pipeline (the null class excluded)."""
     count = getattr(pipeline, "num_classes", None)
@@ -527,10 +544,10 @@ def generate(
         kwargs: dict[str, Any] = {"generator": generator, "num_inference_steps": num_inference_steps}
         if class_labels is not None:
             kwargs["class_labels"] = class_labels[start : start + count].tolist()
-            if guidance_scale is not None:
-                kwargs["guidance_scale"] = guidance_scale
         else:
             kwargs["batch_size"] = count
+        if guidance_scale is not None:
+            kwargs["guidance_scale"] = guidance_scale
         if color_labels is not None:
             kwargs["color_labels"] = color_labels[start : start + count].tolist()
         began = time.perf_counter()
@@ -655,24 +672,17 @@ def _evaluate_setting(
     progress: bool,
 ) -> dict[str, Any]:
     labels, colors = requested_labels(pipeline, num_samples, seed)
-    parameters = _call_parameters(pipeline)
-    if labels is not None and guidance_scale is None and "guidance_scale" in parameters:
-        guidance_scale = parameters["guidance_scale"].default
+    if not takes_guidance(pipeline):
+        guidance_scale = None
+    elif guidance_scale is None:
+        guidance_scale = default_guidance_scale(pipeline)
     images, seconds = generate(
-        pipeline,
-        num_samples,
-        batch_size,
-        num_inference_steps,
-        seed,
-        labels,
-        guidance_scale if labels is not None else None,
-        colors,
-        progress,
+        pipeline, num_samples, batch_size, num_inference_steps, seed, labels, guidance_scale, colors, progress
     )
     row: dict[str, Any] = {
         "scheduler": scheduler_name(pipeline.scheduler),
         "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale if labels is not None else None,
+        "guidance_scale": guidance_scale,
         "num_samples": num_samples,
         "seed": seed,
         "samples_per_second": num_samples / max(seconds, 1e-9),
@@ -695,9 +705,9 @@ def sweep(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One `evaluate_pipeline` row per (scheduler, steps, guidance) combination, all with the same seed;
-    guidance is ignored (a single row per scheduler and steps) for unconditional pipelines."""
+    guidance is ignored (a single row per scheduler and steps) for pipelines without any."""
     context = context or make_context(pipeline)
-    guidance_scales = guidance_scales if is_conditional(pipeline) else (None,)
+    guidance_scales = guidance_scales if takes_guidance(pipeline) else (None,)
     rows = []
     for scheduler in schedulers:
         for num_steps in steps:
@@ -874,7 +884,7 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument(
         "--guidance",
         default=None,
-        help="comma list of guidance scales (conditional models; default: the pipeline's own)",
+        help="comma list of guidance scales (class-conditional or autoguided models; default: the pipeline's own)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -938,8 +948,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = load_pipeline(args.model, device)
-    if args.guidance is not None and not is_conditional(pipeline):
-        raise UserInputError("--guidance applies to class-conditional models only")
+    if args.guidance is not None and not takes_guidance(pipeline):
+        raise UserInputError("--guidance applies to class-conditional models and to models with a guide_unet only")
     digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
     context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
     rows = sweep(

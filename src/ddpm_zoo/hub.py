@@ -29,14 +29,6 @@ from ddpm_zoo.presets import PRESETS, DatasetInfo
 logger = logging.getLogger(__name__)
 
 CUSTOM_PIPELINE_MODULE = "pipeline"
-PIPELINE_FILES = (
-    "model_index.json",
-    f"{CUSTOM_PIPELINE_MODULE}.py",
-    "unet",
-    "scheduler",
-    "README.md",
-    "samples",
-)
 CARD_TEMPLATES = "ddpm_zoo.model_cards"
 GENERIC_CARD_TEMPLATE = "generic.md"
 SAMPLE_GRID = "samples/grid.png"
@@ -122,6 +114,8 @@ class TrainingSummary:
     snr_gamma: float | None = None
     class_names: tuple[str, ...] = ()
     local_dataset: bool = False
+    autoguidance_scale: float | None = None
+    autoguidance_guide_step: int | None = None
 
 
 def known_datasets() -> dict[str, DatasetInfo]:
@@ -158,6 +152,16 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def sampling_guidance(summary: TrainingSummary) -> str:
+    """The card's description of the pipeline's default guidance."""
+    if summary.conditional:
+        return "classifier-free guidance"
+    if summary.autoguidance_scale is None:
+        return "none"
+    scale, step = summary.autoguidance_scale, summary.autoguidance_guide_step
+    return f"autoguidance, w = {scale:g}, guide: EMA weights at step {step:,}"
+
+
 def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[str, str]]:
     """The card's training-configuration table, as (setting, value) rows."""
     processes = f"{summary.num_processes} process{'es' if summary.num_processes != 1 else ''}"
@@ -172,6 +176,7 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
         ("Mixed precision", precision),
         ("Prediction type", summary.prediction_type),
         ("Loss weighting", "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"),
+        ("Sampling guidance", sampling_guidance(summary)),
         ("Hardware", summary.hardware),
         ("Wall time", format_duration(summary.wall_time_s)),
         ("Final loss", "n/a" if summary.final_loss is None else f"{summary.final_loss:.4f}"),
@@ -203,6 +208,9 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "example_labels": list(range(min(3, len(names) or 3))),
         "name_labels": json.dumps([names[-1], names[0]]) if len(names) > 1 else "",
         "sample_grid": SAMPLE_GRID,
+        "autoguidance": summary.autoguidance_scale is not None,
+        "autoguidance_scale": f"{summary.autoguidance_scale:g}" if summary.autoguidance_scale is not None else "",
+        "autoguidance_guide_step": f"{summary.autoguidance_guide_step:,}" if summary.autoguidance_guide_step else "",
         "dataset": dataset,
         "dataset_shown": dataset_shown,
         "training_rows": training_rows(summary, dataset_shown),

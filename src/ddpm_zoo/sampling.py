@@ -146,8 +146,11 @@ def generate(
     Returns the PIL images and their class indices (None for an unconditional model).
     """
     labels = image_labels(pipeline, num_images, class_labels)
-    if labels is None and guidance_scale is not None:
-        raise UserInputError("this model is unconditional; --guidance_scale needs a class-conditional one")
+    if labels is None and guidance_scale is not None and getattr(pipeline, "guide_unet", None) is None:
+        raise UserInputError(
+            "this model is unconditional without a guide_unet; --guidance_scale needs a class-conditional or an "
+            "autoguided one"
+        )
     total = len(labels) if labels is not None else (num_images or 16)
     steps = num_inference_steps or default_steps(pipeline)
     check_positive(num_images=total, batch_size=batch_size, num_inference_steps=steps)
@@ -167,10 +170,10 @@ def generate(
             }
             if labels is not None:
                 kwargs["class_labels"] = labels[start:stop]
-                if guidance_scale is not None:
-                    kwargs["guidance_scale"] = guidance_scale
             else:
                 kwargs["batch_size"] = stop - start
+            if guidance_scale is not None:
+                kwargs["guidance_scale"] = guidance_scale
             if step_callback is not None:
                 kwargs["callback_on_step_end"] = step_callback
             images.extend(pipeline(**kwargs).images)
@@ -407,7 +410,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="classifier-free guidance weight w >= 0: 0 unconditional, 1 conditional, >1 stronger "
-        "(default: the pipeline's, 3)",
+        "(default: the pipeline's, 3); for an unconditional model with a guide_unet, the autoguidance weight",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")

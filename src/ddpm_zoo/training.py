@@ -40,6 +40,7 @@ from ddpm_zoo.checkpoints import (
     check_output_dir,
     complete_checkpoints,
     load_checkpoint,
+    load_guide,
     resolve_resume_path,
     save_checkpoint,
 )
@@ -218,6 +219,13 @@ def parameters_finite(model: torch.nn.Module) -> bool:
     return bool(torch.stack([p.detach().abs().amax() for p in model.parameters()]).isfinite().all())
 
 
+def guide_step(config: TrainingConfig, max_train_steps: int) -> int | None:
+    """The optimizer step whose EMA weights become the autoguidance guide; None without autoguidance."""
+    if config.conditional or config.autoguidance_scale == 1:
+        return None
+    return max(1, round(config.autoguidance_guide_fraction * max_train_steps))
+
+
 def step_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
     """All randomness of one micro-batch (noise, timesteps, flips, label drops, dropout) comes from
     this seed, so a resumed run draws exactly what an uninterrupted one would."""
@@ -337,6 +345,8 @@ class Trainer:
         )
         steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+        self.guide_step = guide_step(config, self.max_train_steps)
+        self.guide_unet: UNet2DModel | None = None
         self._build_optimization()
 
     def _build_optimization(self) -> None:
@@ -385,7 +395,13 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         elapsed = time.perf_counter() - self.start_time + self.resumed_seconds
         path = save_checkpoint(
-            self.accelerator, self.ema, self.output_dir, step, self.config.checkpoints_total_limit, elapsed
+            self.accelerator,
+            self.ema,
+            self.output_dir,
+            step,
+            self.config.checkpoints_total_limit,
+            elapsed,
+            guide=self.guide_unet,
         )
         self.last_checkpoint_step = step
         return path
@@ -399,7 +415,21 @@ class Trainer:
             return ClassConditionalDDPMPipeline(
                 unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
             )
-        return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+        if self.guide_unet is None:
+            return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+        return UnconditionalDDPMPipeline(
+            unet=unet,
+            scheduler=scheduler,
+            guide_unet=self.guide_unet,
+            autoguidance_scale=self.config.autoguidance_scale,
+        )
+
+    def take_guide(self) -> None:
+        """Keep a copy of the current EMA weights (the raw weights without EMA) as the autoguidance guide."""
+        with self.ema_weights():
+            guide = UNet2DModel.from_config(self.unet.config)
+            guide.load_state_dict({name: tensor.detach().float() for name, tensor in self.unet.state_dict().items()})
+        self.guide_unet = guide.to(self.accelerator.device).eval().requires_grad_(False)
 
     def sample_grid(self):
         """A grid from the EMA weights at the pipeline's default guidance; conditional grids: one column per class."""
@@ -471,6 +501,8 @@ class Trainer:
             snr_gamma=config.snr_gamma,
             class_names=self.data.class_names,
             local_dataset=config.train_data_dir is not None,
+            autoguidance_scale=config.autoguidance_scale if self.guide_unet is not None else None,
+            autoguidance_guide_step=self.guide_step if self.guide_unet is not None else None,
         )
         card = render_model_card(card_summary, repo_id=config.hub_model_id)
         summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": config.hub_model_id}
@@ -496,6 +528,8 @@ class Trainer:
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
         start_step, self.resumed_seconds = load_checkpoint(accelerator, self.ema, resume) if resume else (0, 0.0)
         if resume:
+            guide = load_guide(resume)
+            self.guide_unet = guide.to(accelerator.device).eval().requires_grad_(False) if guide else None
             logger.info("resumed from %s at step %d", resume, start_step)
         self.last_checkpoint_step = global_step = start_step
         accum = config.gradient_accumulation_steps
@@ -527,6 +561,9 @@ class Trainer:
             "total_batch_size": config.train_batch_size * accelerator.num_processes * accum,
             "hardware": describe_hardware(accelerator),
             "attention_kernel": self.attention,
+            "autoguidance": {"scale": self.config.autoguidance_scale, "guide_step": self.guide_step}
+            if self.guide_unet is not None
+            else None,
         }
         self.save_final_pipeline(summary)
         accelerator.end_training()
@@ -561,6 +598,8 @@ class Trainer:
         they all stop together; a single process reacts to a signal at once.
         """
         config, accelerator = self.config, self.accelerator
+        if step == self.guide_step:
+            self.take_guide()
         due_log = step % config.logging_steps == 0 or step == self.max_train_steps
         due_checkpoint = step % config.checkpointing_steps == 0
         signal_now = stop.signal_number and accelerator.num_processes == 1

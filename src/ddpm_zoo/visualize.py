@@ -243,15 +243,15 @@ def reverse_process_frames(
 
 def _call_kwargs(pipeline, class_labels: Sequence[int | str] | None, num_rows: int, guidance_scale: float | None):
     """Pipeline arguments and row labels: one row per class (conditional) or per sample; a `guidance_scale`
-    of None keeps the pipeline's default."""
+    of None keeps the pipeline's default (classifier-free guidance or, with a guide_unet, autoguidance)."""
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     if is_conditional(pipeline):
         labels = list(class_labels) if class_labels else list(range(pipeline.num_classes))
         indices = [pipeline.class_index(label) for label in labels]
         names = pipeline.labels
         row_labels = [names[i] if i < len(names) else str(i) for i in indices]
-        guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
         return {"class_labels": indices, **guidance}, row_labels
-    return {"batch_size": num_rows}, [str(i) for i in range(num_rows)]
+    return {"batch_size": num_rows, **guidance}, [str(i) for i in range(num_rows)]
 
 
 def reverse_grid(
