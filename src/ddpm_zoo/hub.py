@@ -438,6 +438,9 @@ def load_pipeline(name_or_path: str, revision: str | None = None, token: str | N
         if name.startswith("_"):
             continue
         if isinstance(value, list):
+            if value == [None, None]:  # an optional component left out (e.g. no autoguidance guide_unet)
+                kwargs[name] = None
+                continue
             if value[0] != "diffusers":
                 raise UserInputError(f"{name_or_path}: component {name} comes from {value[0]}, not diffusers")
             check_weights(folder, name)
