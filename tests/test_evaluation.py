@@ -259,6 +259,8 @@ def test_autoguided_model_sweeps_guidance_and_defaults_to_its_saved_scale():
     )
     assert [row["guidance_scale"] for row in rows] == [2.5, 1.0, 4.0]
     assert rows[0]["fd_digits"] != rows[1]["fd_digits"]
+    # a model card reports the row at the default guidance, wherever it is in the sweep
+    assert ev.card_row(rows[1:] + rows[:1], 2.5) == 2 and ev.card_row(rows[1:], 2.5) == 0
 
 
 def test_digit_models_are_recognised_by_size_or_class_names():
@@ -287,9 +289,13 @@ def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_pa
     (folder / "README.md").write_text(str(render_model_card(card_summary)))
     (folder / "training_summary.json").write_text(json.dumps({"card": dataclasses.asdict(card_summary)}))
     assert "model-index" not in ModelCard.load(folder / "README.md").data.to_dict()
-    args = evaluate_args(str(folder), "--num_samples", "4", "--steps", "1", "--no_extra_metrics", "--device", "cpu")
+    argv = ["--num_samples", "4", "--steps", "1", "--guidance", "1,3", "--no_extra_metrics", "--device", "cpu"]
+    args = evaluate_args(str(folder), *argv)
     assert args.func(args) == 0
     index = ModelCard.load(folder / "README.md").data.to_dict()["model-index"]
-    metrics = {m["type"]: m["value"] for m in index[0]["results"][0]["metrics"]}
+    metrics = {m["type"]: m for m in index[0]["results"][0]["metrics"]}
     document = json.loads((folder / ev.RESULTS_FILE).read_text())
-    assert metrics["conditional_accuracy"] == round(document["results"][0]["conditional_accuracy"], 4)
+    # the card reports the row at the pipeline's default guidance (3), not the sweep's first row
+    expected = round(document["results"][1]["conditional_accuracy"], 4)
+    assert metrics["conditional_accuracy"]["value"] == expected
+    assert "guidance 3" in metrics["conditional_accuracy"]["config"]

@@ -844,6 +844,12 @@ def eval_results_for_card(results: dict[str, Any] | list[dict[str, Any]], row: i
     ]
 
 
+def card_row(rows: Sequence[dict[str, Any]], default_guidance: float | None) -> int:
+    """The row a model card reports: the first at the pipeline's default guidance (what a plain call
+    samples), else the first."""
+    return next((i for i, row in enumerate(rows) if row.get("guidance_scale") == default_guidance), 0)
+
+
 def describe_setting(row: dict[str, Any]) -> str:
     """'dpmsolver, 25 steps, guidance 3, 5000 samples, seed 0'."""
     parts = [str(row.get("scheduler")), f"{row.get('num_inference_steps')} steps"]
@@ -968,7 +974,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
         from ddpm_zoo.hub import refresh_model_card
 
-        card = refresh_model_card(args.model, eval_results_for_card(document))
+        row = card_row(rows, default_guidance_scale(pipeline))
+        card = refresh_model_card(args.model, eval_results_for_card(document, row))
         if card is not None:
             print(f"model card updated with these results: {card}")
     return 0
