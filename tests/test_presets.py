@@ -73,8 +73,20 @@ def test_boolean_options_can_be_switched_off():
         (["--train_batch_size", "0"], "--train_batch_size must be at least 1"),
         (["--learning_rate", "-1"], "--learning_rate must be positive"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--autoguidance_scale", "-1"], "--autoguidance_scale must be a finite number >= 0"),
+        (["--autoguidance_scale", "nan"], "--autoguidance_scale must be a finite number >= 0"),
+        (["--autoguidance_guide_fraction", "1"], "--autoguidance_guide_fraction must be between 0 and 1"),
     ],
 )
 def test_bad_option_values_are_rejected(argv, message):
     with pytest.raises(UserInputError, match=message):
         resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+
+
+def test_autoguidance_defaults_apply_to_unconditional_mnist_tiny_only():
+    unconditional = resolve_config(build_parser(conditional=False).parse_args([]), conditional=False)
+    assert unconditional.autoguidance_scale == 3.0 and unconditional.autoguidance_guide_fraction == 0.25
+    conditional = resolve_config(build_parser(conditional=True).parse_args(["--preset", "mnist-tiny"]), True)
+    assert conditional.autoguidance_scale == 1.0
+    cifar = resolve_config(build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm"]), False)
+    assert cifar.autoguidance_scale == 1.0
