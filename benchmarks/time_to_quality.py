@@ -51,11 +51,8 @@ def checkpoint_pipeline(checkpoint: Path, record: dict):
         names = ",".join(get_preset(record["preset"]).class_names)
         return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names)
     guide = load_guide(checkpoint)
-    if guide is None:
-        return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
-    return UnconditionalDDPMPipeline(
-        unet=unet, scheduler=scheduler, guide_unet=guide, autoguidance_scale=record["autoguidance_scale"]
-    )
+    scale = record["autoguidance_scale"] if guide is not None else 1.0
+    return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler, guide_unet=guide, autoguidance_scale=scale)
 
 
 def main() -> None:

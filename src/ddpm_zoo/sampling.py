@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.evaluation import takes_guidance
 from ddpm_zoo.presets import DIGIT_NAMES
 from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
 from ddpm_zoo.visualize import (
@@ -146,7 +147,7 @@ def generate(
     Returns the PIL images and their class indices (None for an unconditional model).
     """
     labels = image_labels(pipeline, num_images, class_labels)
-    if labels is None and guidance_scale is not None and getattr(pipeline, "guide_unet", None) is None:
+    if guidance_scale is not None and not takes_guidance(pipeline):
         raise UserInputError(
             "this model is unconditional without a guide_unet; --guidance_scale needs a class-conditional or an "
             "autoguided one"

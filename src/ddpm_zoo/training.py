@@ -415,13 +415,9 @@ class Trainer:
             return ClassConditionalDDPMPipeline(
                 unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
             )
-        if self.guide_unet is None:
-            return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler)
+        scale = self.config.autoguidance_scale if self.guide_unet is not None else 1.0
         return UnconditionalDDPMPipeline(
-            unet=unet,
-            scheduler=scheduler,
-            guide_unet=self.guide_unet,
-            autoguidance_scale=self.config.autoguidance_scale,
+            unet=unet, scheduler=scheduler, guide_unet=self.guide_unet, autoguidance_scale=scale
         )
 
     def take_guide(self) -> None:
@@ -429,6 +425,10 @@ class Trainer:
         with self.ema_weights():
             guide = UNet2DModel.from_config(self.unet.config)
             guide.load_state_dict({name: tensor.detach().float() for name, tensor in self.unet.state_dict().items()})
+        self.keep_guide(guide)
+
+    def keep_guide(self, guide: UNet2DModel) -> None:
+        """Hold `guide` frozen on the training device as the autoguidance guide."""
         self.guide_unet = guide.to(self.accelerator.device).eval().requires_grad_(False)
 
     def sample_grid(self):
@@ -529,7 +529,8 @@ class Trainer:
         start_step, self.resumed_seconds = load_checkpoint(accelerator, self.ema, resume) if resume else (0, 0.0)
         if resume:
             guide = load_guide(resume)
-            self.guide_unet = guide.to(accelerator.device).eval().requires_grad_(False) if guide else None
+            if guide is not None:
+                self.keep_guide(guide)
             logger.info("resumed from %s at step %d", resume, start_step)
         self.last_checkpoint_step = global_step = start_step
         accum = config.gradient_accumulation_steps
