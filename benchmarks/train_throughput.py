@@ -40,7 +40,14 @@ CPU_BATCH = {"mnist-tiny": 64, "colored-mnist": 64, "cifar10-ddpm": 8}
 
 
 def measure_one(
-    preset: str, precision: str, unet_config: str | None, batch: int, rounds: int, steps: int, ours_flags: str
+    preset: str,
+    precision: str,
+    unet_config: str | None,
+    batch: int,
+    rounds: int,
+    steps: int,
+    ours_flags: str,
+    baseline_workers: int,
 ) -> dict:
     """Runs inside a fresh process (Accelerate keeps one precision per process)."""
     from official_style import OfficialStyleTrainer
@@ -63,7 +70,13 @@ def measure_one(
     source = trainer_source(config)
     unet_dict = {k: v for k, v in trainer.unet.config.items() if not k.startswith("_")}
     baseline = OfficialStyleTrainer(
-        trainer.accelerator, unet_dict, source.dataset, source.image_column, batch, config.random_flip
+        trainer.accelerator,
+        unet_dict,
+        source.dataset,
+        source.image_column,
+        batch,
+        config.random_flip,
+        num_workers=baseline_workers,
     )
     meter = LossMeter(torch.zeros((), device=trainer.accelerator.device))
     ours = trainer.optimizer_steps(0, meter)
@@ -104,6 +117,7 @@ def measure_one(
                 "preset": preset if not unet_config else Path(unet_config).stem,
                 "precision": precision,
                 "trainer": name + (f" {ours_flags}" if name == "ddpm-zoo" and ours_flags else ""),
+                "baseline_workers": baseline_workers,
                 "batch": batch,
                 "s_per_step": round(step_s, 4),
                 "img_per_s": round(batch / step_s, 1),
@@ -135,11 +149,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timed block")
     parser.add_argument("--output", default="train_throughput-cpu.json")
     parser.add_argument("--ours_flags", default="", help='extra ddpm-zoo options, e.g. "--channels_last --compile"')
+    parser.add_argument(
+        "--baseline_workers",
+        type=int,
+        default=0,
+        help="DataLoader workers for the official-style baseline (its --dataloader_num_workers; default 0 as there)",
+    )
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
         preset, precision = args._child.split(":")
-        result = measure_one(preset, precision, args.unet_config, args.batch, args.rounds, args.steps, args.ours_flags)
+        result = measure_one(
+            preset,
+            precision,
+            args.unet_config,
+            args.batch,
+            args.rounds,
+            args.steps,
+            args.ours_flags,
+            args.baseline_workers,
+        )
         print(json.dumps(result))
         return
     presets = ["mnist-tiny"] if args.unet_config else args.presets.split(",")
@@ -149,6 +178,7 @@ def main() -> None:
             batch = args.batch or (128 if torch.cuda.is_available() else CPU_BATCH.get(preset, 64))
             command = [sys.executable, __file__, "--_child", f"{preset}:{precision}", "--batch", str(batch)]
             command += ["--rounds", str(args.rounds), "--steps", str(args.steps), f"--ours_flags={args.ours_flags}"]
+            command += ["--baseline_workers", str(args.baseline_workers)]
             if args.unet_config:
                 command += ["--unet_config", args.unet_config]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
