@@ -2,8 +2,8 @@
 # The README's GPU rows in one go, on a machine with one CUDA GPU (sized to fit a ~10-minute loan):
 #   1. a short bf16 training run of the real script, then sampling from what it saved (correctness);
 #   2. cifar10-ddpm bf16 throughput at batch 128, ddpm-zoo vs the official-style baseline, interleaved:
-#      default flags, then --compile --channels_last;
-#   3. the same at the largest batch that fits (from step 2's peak memory per image);
+#      default flags, then --compile --channels_last --compile_mode reduce-overhead (CUDA graphs);
+#   3. the compiled run at the largest batch that fits (from the default-flags run's peak memory per image);
 #   4. mnist-tiny and colored-mnist bf16, default flags;
 #   5. sampling images/s per scheduler;
 #   6. cifar10-ddpm without mixed precision, default flags.
@@ -43,19 +43,19 @@ throughput() {  # throughput NAME TIMEOUT_S OPTIONS...
 }
 
 throughput cifar10-bf16-b128 90 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 --batch 128
-throughput cifar10-bf16-b128-compile 200 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 --batch 128 \
-    --ours_flags="--compile --channels_last"
+throughput cifar10-bf16-b128-compile-cudagraphs 200 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 \
+    --batch 128 --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
 largest=$(python3 - <<'EOF'
 import json, torch
-rows = json.load(open("benchmarks/results/train_throughput-cifar10-bf16-b128-compile-gpu.json"))["rows"]
+rows = json.load(open("benchmarks/results/train_throughput-cifar10-bf16-b128-gpu.json"))["rows"]
 per_image_mib = max(r["peak_mem_mib"] for r in rows) / 128
 free_mib = torch.cuda.mem_get_info()[0] / 2**20
 print(min(4096, int(0.85 * free_mib / per_image_mib) // 128 * 128))
 EOF
 ) || largest=1024
 echo "largest batch: $largest" | tee -a "$LOGS/steps.txt"
-throughput "cifar10-bf16-b${largest}-compile" 200 --rounds 2 --steps 5 --presets cifar10-ddpm --precisions bf16 \
-    --batch "$largest" --ours_flags="--compile --channels_last"
+throughput "cifar10-bf16-b${largest}-compile-cudagraphs" 200 --rounds 2 --steps 5 --presets cifar10-ddpm \
+    --precisions bf16 --batch "$largest" --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
 throughput small-presets-bf16-b128 90 --rounds 3 --steps 20 --presets mnist-tiny,colored-mnist --precisions bf16 \
     --batch 128
 step sampling 90 python3 benchmarks/sampling.py --device cuda --output benchmarks/results/sampling-gpu.json

@@ -76,11 +76,23 @@ def test_boolean_options_can_be_switched_off():
         (["--autoguidance_scale", "-1"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_scale", "nan"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_guide_fraction", "1"], "--autoguidance_guide_fraction must be between 0 and 1"),
+        (
+            ["--compile", "--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"],
+            "--compile_mode reduce-overhead replays CUDA graphs",
+        ),
     ],
 )
 def test_bad_option_values_are_rejected(argv, message):
     with pytest.raises(UserInputError, match=message):
         resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+
+
+def test_compile_modes_without_cuda_graphs_accumulate_gradients():
+    for mode in ("default", "max-autotune-no-cudagraphs"):
+        argv = ["--compile", "--compile_mode", mode, "--gradient_accumulation_steps", "2"]
+        assert resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False).compile_mode == mode
+    argv = ["--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"]  # no --compile: unused
+    assert resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False).compile is False
 
 
 def test_autoguidance_defaults_apply_to_unconditional_mnist_tiny_only():

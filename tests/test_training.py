@@ -10,6 +10,9 @@ import torch
 from conftest import BLOCK_DDPM_ZOO, REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
 from safetensors.torch import load_file
 
+from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.training import Trainer
+
 LOAD_AND_SAMPLE = (
     BLOCK_DDPM_ZOO
     + """
@@ -166,3 +169,10 @@ def test_resume_continues_with_saved_optimizer_and_ema(tmp_path, unconditional_r
         expected = load_file(unconditional_run / "checkpoint-6" / name)
         actual = load_file(output / "checkpoint-6" / name)
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
+
+
+@pytest.mark.parametrize("mode, cuda_graphs", [("default", False), ("reduce-overhead", True)])
+def test_compile_mode_reaches_torch_compile(tmp_path, mode, cuda_graphs):
+    argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path), compile_mode=mode) + ["--compile"]
+    trainer = Trainer(resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False))
+    assert trainer.model.get_compiler_config()["triton.cudagraphs"] is cuda_graphs

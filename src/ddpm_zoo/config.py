@@ -69,6 +69,7 @@ class TrainingConfig:
     ema_max_decay: float = 0.9999
     mixed_precision: str = "no"
     compile: bool = False
+    compile_mode: str = "default"
     channels_last: bool = False
     attention: str = "auto"
     num_cpu_threads: int | None = None
@@ -98,6 +99,10 @@ class TrainingConfig:
         values = dataclasses.asdict(self)
         values.pop("hub_token")
         return values
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -178,6 +183,12 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     optim.add_argument("--mixed_precision", choices=MIXED_PRECISION)
     _bool_flag(optim, "use_ema", "keep an EMA of the weights; the EMA is what gets published")
     _bool_flag(optim, "compile", "torch.compile the UNet")
+    optim.add_argument(
+        "--compile_mode",
+        choices=COMPILE_MODES,
+        help="torch.compile mode with --compile (default 'default'); 'reduce-overhead' replays CUDA graphs, "
+        "which removes the kernel-launch cost that bounds small batches on a GPU",
+    )
     _bool_flag(optim, "channels_last", "channels_last memory format")
     optim.add_argument(
         "--attention",
@@ -259,6 +270,12 @@ def validate(config: TrainingConfig) -> None:
     if not 0 < config.autoguidance_guide_fraction < 1:
         raise UserInputError(
             f"--autoguidance_guide_fraction must be between 0 and 1, got {config.autoguidance_guide_fraction}"
+        )
+    if config.compile and config.compile_mode in CUDA_GRAPH_MODES and config.gradient_accumulation_steps > 1:
+        raise UserInputError(
+            f"--compile_mode {config.compile_mode} replays CUDA graphs, which reuse the gradient buffers of every "
+            "micro-batch (PyTorch issues #96693, #169545): use --gradient_accumulation_steps 1 or --compile_mode "
+            "default / max-autotune-no-cudagraphs"
         )
     if not 0 <= config.cond_drop_prob < 1:
         raise UserInputError(f"--cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")

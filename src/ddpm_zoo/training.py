@@ -378,7 +378,7 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=self.max_train_steps,
         )
-        model = torch.compile(self.unet) if config.compile else self.unet
+        model = torch.compile(self.unet, mode=config.compile_mode) if config.compile else self.unet
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         accelerator.register_for_checkpointing(self.lr_scheduler)
         if self.ema is not None:
@@ -646,6 +646,8 @@ class Trainer:
         if config.conditional:
             drop = torch.rand(labels.shape[0], device=labels.device) < config.cond_drop_prob
             class_labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
+        if config.compile:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA-graph replays (reduce-overhead)
         with accelerator.accumulate(self.model):
             prediction = self.model(noisy, t, class_labels=class_labels).sample
             target = training_target(self.noise_scheduler, config.prediction_type, clean, noise, t)
