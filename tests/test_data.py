@@ -73,6 +73,8 @@ def test_image_folder_gives_rgb_images_and_class_labels(tmp_path):
     assert sorted(decoded.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     red = decoded.images[decoded.labels == 1]
     assert red[:, 0].min() == 255 and red[:, 2].max() == 0
+    # Plain NCHW: an NHWC-strided batch would silently run the UNet in channels_last (slower on CPU).
+    assert decoded.images.is_contiguous()
 
 
 def test_parquet_files_are_a_source(tmp_path, mnist):

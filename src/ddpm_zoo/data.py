@@ -218,7 +218,9 @@ def image_to_array(image: Image.Image, resolution: int, channels: int, convert_c
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
     array = np.array(image, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    # A contiguous (C, H, W) copy: a transposed view would make np.stack build an NHWC-strided batch, and the
+    # UNet would then run in channels_last without being asked (GroupNorm 4.6x slower on CPU).
+    return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 def _open_encoded(value: dict, index: int) -> tuple[Image.Image, str]:
