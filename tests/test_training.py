@@ -10,9 +10,6 @@ import torch
 from conftest import BLOCK_DDPM_ZOO, REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
 from safetensors.torch import load_file
 
-from ddpm_zoo.config import build_parser, resolve_config
-from ddpm_zoo.training import Trainer
-
 LOAD_AND_SAMPLE = (
     BLOCK_DDPM_ZOO
     + """
@@ -171,8 +168,17 @@ def test_resume_continues_with_saved_optimizer_and_ema(tmp_path, unconditional_r
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
 
 
-@pytest.mark.parametrize("mode, cuda_graphs", [("default", False), ("reduce-overhead", True)])
+COMPILER_CONFIG = """
+import sys
+from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.training import Trainer
+trainer = Trainer(resolve_config(build_parser(conditional=False).parse_args(sys.argv[1:]), conditional=False))
+print(trainer.model.get_compiler_config()["triton.cudagraphs"])
+"""
+
+
+@pytest.mark.parametrize("mode, cuda_graphs", [("default", "False"), ("reduce-overhead", "True")])
 def test_compile_mode_reaches_torch_compile(tmp_path, mode, cuda_graphs):
     argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path), compile_mode=mode) + ["--compile"]
-    trainer = Trainer(resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False))
-    assert trainer.model.get_compiler_config()["triton.cudagraphs"] is cuda_graphs
+    result = subprocess.run([sys.executable, "-c", COMPILER_CONFIG, *argv], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-1] == cuda_graphs
