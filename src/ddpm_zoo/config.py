@@ -16,6 +16,8 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 ATTENTION_KERNELS = ("auto", "sdpa", "classic")
 LOGGERS = ("tensorboard", "wandb", "none")
 SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
@@ -99,10 +101,6 @@ class TrainingConfig:
         values = dataclasses.asdict(self)
         values.pop("hub_token")
         return values
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
