@@ -30,8 +30,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step with a time limit, log 
 }
 
 step smoke-train 120 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
-    --mixed_precision bf16 --dynamo_backend no train_unconditional.py --preset mnist-tiny --max_train_steps 300 --checkpointing_steps 150 --logging_steps 50 \
-    --output_dir /tmp/smoke --overwrite_output_dir --logger none
+    --mixed_precision bf16 --dynamo_backend no train_unconditional.py --preset mnist-tiny --max_train_steps 300 \
+    --checkpointing_steps 150 --logging_steps 50 --output_dir /tmp/smoke --overwrite_output_dir --logger none
 step smoke-sample 45 python3 -m ddpm_zoo.cli sample /tmp/smoke --scheduler dpmsolver --num_images 64 \
     --output_dir "$LOGS/smoke-samples"
 

@@ -39,17 +39,10 @@ from common import (
 CPU_BATCH = {"mnist-tiny": 64, "colored-mnist": 64, "cifar10-ddpm": 8}
 
 
-def measure_one(
-    preset: str,
-    precision: str,
-    unet_config: str | None,
-    batch: int,
-    rounds: int,
-    steps: int,
-    ours_flags: str,
-    baseline_workers: int,
-) -> dict:
-    """Runs inside a fresh process (Accelerate keeps one precision per process)."""
+def measure_one(preset: str, precision: str, options: argparse.Namespace) -> dict:
+    """Runs inside a fresh process (Accelerate keeps one precision per process); `options` are this script's."""
+    unet_config, batch, rounds, steps = options.unet_config, options.batch, options.rounds, options.steps
+    ours_flags, baseline_workers = options.ours_flags, options.baseline_workers
     from official_style import OfficialStyleTrainer
 
     from ddpm_zoo.config import build_parser, resolve_config
@@ -159,16 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     if args._child:
         preset, precision = args._child.split(":")
-        result = measure_one(
-            preset,
-            precision,
-            args.unet_config,
-            args.batch,
-            args.rounds,
-            args.steps,
-            args.ours_flags,
-            args.baseline_workers,
-        )
+        result = measure_one(preset, precision, args)
         print(json.dumps(result))
         return
     presets = ["mnist-tiny"] if args.unet_config else args.presets.split(",")
