@@ -44,7 +44,7 @@ from ddpm_zoo.checkpoints import (
     resolve_resume_path,
     save_checkpoint,
 )
-from ddpm_zoo.config import TrainingConfig, build_parser, load_unet_config, resolve_config
+from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import TrainingSummary, render_model_card, save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
@@ -646,8 +646,8 @@ class Trainer:
         if config.conditional:
             drop = torch.rand(labels.shape[0], device=labels.device) < config.cond_drop_prob
             class_labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
-        if config.compile:
-            torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA-graph replays (reduce-overhead)
+        if config.compile and config.compile_mode in CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step for the CUDA-graph replays
         with accelerator.accumulate(self.model):
             prediction = self.model(noisy, t, class_labels=class_labels).sample
             target = training_target(self.noise_scheduler, config.prediction_type, clean, noise, t)
