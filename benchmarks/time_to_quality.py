@@ -40,7 +40,8 @@ TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("condition
 
 def checkpoint_pipeline(checkpoint: Path, record: dict):
     """The EMA weights of a checkpoint as a pipeline with the run's noise schedule (and, once the run has
-    taken it, its autoguidance guide at the run's scale: what the run would publish at that step)."""
+    taken it, its autoguidance guide at the run's scale, or its self-guidance clusters: what the run would
+    publish at that step)."""
     unet = UNet2DModel.from_pretrained(checkpoint / "unet_ema")
     scheduler = DDPMScheduler(
         num_train_timesteps=record["ddpm_num_steps"],
@@ -50,6 +51,13 @@ def checkpoint_pipeline(checkpoint: Path, record: dict):
     if record["conditional"]:
         names = ",".join(get_preset(record["preset"]).class_names)
         return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names)
+    if record.get("cluster_sizes"):
+        return UnconditionalDDPMPipeline(
+            unet=unet,
+            scheduler=scheduler,
+            cluster_sizes=record["cluster_sizes"],
+            self_guidance_scale=record["self_guidance_scale"],
+        )
     guide = load_guide(checkpoint)
     scale = record["autoguidance_scale"] if guide is not None else 1.0
     return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler, guide_unet=guide, autoguidance_scale=scale)

@@ -1,8 +1,9 @@
 # Copyright 2026 The ddpm-zoo authors. Licensed under the Apache License, Version 2.0.
 """DDPM pipelines (Ho et al., 2020) for any diffusers scheduler, with classifier-free guidance.
 
-`UnconditionalDDPMPipeline` samples an unconditional `UNet2DModel`; `ClassConditionalDDPMPipeline`
-samples a class-embedded one with classifier-free guidance (Ho & Salimans, 2022).
+`UnconditionalDDPMPipeline` samples an unconditional `UNet2DModel`, optionally autoguided or self-guided
+over k-means clusters of its training images; `ClassConditionalDDPMPipeline` samples a class-embedded one
+with classifier-free guidance (Ho & Salimans, 2022).
 
 This file is self-contained: it imports only torch and diffusers, and is uploaded verbatim to
 each Hub repo as ``pipeline.py`` so that ``DiffusionPipeline.from_pretrained(repo,
@@ -101,11 +102,12 @@ class DDPMPipelineBase(DiffusionPipeline):
 
 class UnconditionalDDPMPipeline(DDPMPipelineBase):
     r"""
-    Pipeline for unconditional image generation with a `UNet2DModel`, optionally autoguided.
+    Pipeline for unconditional image generation with a `UNet2DModel`, optionally autoguided or self-guided.
 
     Parameters:
         unet ([`UNet2DModel`]):
-            A `UNet2DModel` that predicts the noise (or `v`, or the clean sample) of a noisy image.
+            A `UNet2DModel` that predicts the noise (or `v`, or the clean sample) of a noisy image. A
+            self-guided model has `num_class_embeds = len(cluster_sizes) + 1` (the last is the null cluster).
         scheduler ([`SchedulerMixin`]):
             Any diffusers scheduler built for the same noise schedule, e.g. `DDPMScheduler`,
             `DDIMScheduler` or `DPMSolverMultistepScheduler` via `from_config`.
@@ -113,7 +115,13 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
             A weaker version of `unet` for autoguidance (Karras et al., 2024), e.g. its EMA weights
             from early in training; the prediction is pushed away from the guide's.
         autoguidance_scale (`float`, defaults to 1.0):
-            The guidance weight `__call__` uses by default; 1 (no guidance) without `guide_unet`.
+            The autoguidance weight `__call__` uses by default; 1 (no guidance) without `guide_unet`.
+        cluster_sizes (`list[int]`, *optional*):
+            For self-guidance (Hu et al., 2023): the number of training images in each k-means cluster
+            the UNet is conditioned on. Each image samples its cluster in proportion to these sizes and is
+            steered towards it with classifier-free guidance.
+        self_guidance_scale (`float`, defaults to 1.0):
+            The self-guidance weight `__call__` uses by default.
     """
 
     model_cpu_offload_seq = "unet->guide_unet"
@@ -125,11 +133,32 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         scheduler: SchedulerMixin,
         guide_unet: UNet2DModel | None = None,
         autoguidance_scale: float = 1.0,
+        cluster_sizes: list[int] | None = None,
+        self_guidance_scale: float = 1.0,
     ):
         super().__init__()
         check_guidance_scale(autoguidance_scale)
+        check_guidance_scale(self_guidance_scale)
+        if cluster_sizes is not None:
+            check_cluster_sizes(cluster_sizes, unet)
+            if guide_unet is not None:
+                raise ValueError("A pipeline is either autoguided (`guide_unet`) or self-guided (`cluster_sizes`).")
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
-        self.register_to_config(autoguidance_scale=autoguidance_scale)
+        self.register_to_config(
+            autoguidance_scale=autoguidance_scale,
+            cluster_sizes=None if cluster_sizes is None else [int(size) for size in cluster_sizes],
+            self_guidance_scale=self_guidance_scale,
+        )
+
+    @property
+    def self_guided(self) -> bool:
+        """Whether the UNet is conditioned on k-means clusters of its training images."""
+        return self.config.get("cluster_sizes") is not None
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance weight a call without `guidance_scale` uses."""
+        return float(self.config.self_guidance_scale if self.self_guided else self.config.autoguidance_scale)
 
     def autoguided_prediction(self, model_input: torch.Tensor, t: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Autoguidance (Karras et al., 2024, eq. 2): D_w(x) = D_guide(x) + w * (D(x) - D_guide(x)).
@@ -143,11 +172,23 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         guide = self.guide_unet(model_input, t).sample
         return guide + guidance_scale * (prediction - guide)
 
+    def draw_clusters(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+        """One cluster per image, drawn in proportion to the clusters' sizes (their share of the training
+        images), so the mixture over clusters is the data distribution."""
+        sizes = torch.tensor(self.config.cluster_sizes, dtype=torch.float64)
+        if isinstance(generator, list):
+            draws = [torch.multinomial(sizes.to(g.device), 1, generator=g).cpu() for g in generator[:batch_size]]
+            clusters = torch.cat(draws)
+        else:
+            device = generator.device if generator is not None else torch.device("cpu")
+            clusters = torch.multinomial(sizes.to(device), batch_size, replacement=True, generator=generator)
+        return clusters.to(self._execution_device)
+
     def resolve_guidance_scale(self, guidance_scale: float | None) -> float:
-        """None -> the saved `autoguidance_scale`; any scale but 1 needs a `guide_unet`."""
-        guidance_scale = self.config.autoguidance_scale if guidance_scale is None else guidance_scale
+        """None -> the saved default; autoguidance at any scale but 1 needs a `guide_unet`."""
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         check_guidance_scale(guidance_scale)
-        if guidance_scale != 1 and self.guide_unet is None:
+        if guidance_scale != 1 and self.guide_unet is None and not self.self_guided:
             raise ValueError(
                 f"`guidance_scale` {guidance_scale!r} needs a `guide_unet` for autoguidance; this pipeline has "
                 "none, so only 1 (or None) is possible."
@@ -181,17 +222,31 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
                 with a replacement `latents`.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors passed in
                 `callback_kwargs`; only `"latents"` is available.
-            guidance_scale (`float`, *optional*): autoguidance weight `w >= 0` (needs `guide_unet`);
-                defaults to the pipeline's `autoguidance_scale`. 1 uses `unet` alone.
+            guidance_scale (`float`, *optional*): guidance weight `w >= 0`, defaulting to the pipeline's
+                saved one. With autoguidance (needs `guide_unet`), 1 uses `unet` alone. With self-guidance,
+                the classifier-free weight over clusters: 0 is the unguided network, 1 samples each
+                drawn cluster without extra guidance.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
         self.check_common_inputs(batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
         guidance_scale = self.resolve_guidance_scale(guidance_scale)
+        if self.self_guided:
+            clusters = self.draw_clusters(batch_size, generator)
+            null = len(self.config.cluster_sizes)
+
+            def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return classifier_free_guidance(self.unet, model_input, t, clusters, null, guidance_scale)
+
+        else:
+
+            def predict(model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return self.autoguided_prediction(model_input, t, guidance_scale)
+
         return self.run_reverse_process(
             batch_size,
-            lambda model_input, t: self.autoguided_prediction(model_input, t, guidance_scale),
+            predict,
             generator,
             num_inference_steps,
             output_type,
@@ -268,20 +323,8 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
     def guided_prediction(
         self, model_input: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float
     ) -> torch.Tensor:
-        """Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w_paper = w - 1):
-        eps = eps(x, null) + w * (eps(x, c) - eps(x, null)).
-
-        Scale 1 is the purely conditional and 0 the purely unconditional prediction, each one UNet call;
-        any other scale evaluates both in one batched call (conditional first, then null).
-        """
-        null_labels = torch.full_like(labels, self.num_classes)
-        if guidance_scale == 1:
-            return self.unet(model_input, t, class_labels=labels).sample
-        if guidance_scale == 0:
-            return self.unet(model_input, t, class_labels=null_labels).sample
-        both = self.unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance_scale * (conditional - unconditional)
+        """Classifier-free guidance towards `labels` (see `classifier_free_guidance`)."""
+        return classifier_free_guidance(self.unet, model_input, t, labels, self.num_classes, guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -339,3 +382,35 @@ def check_guidance_scale(guidance_scale: float) -> None:
         or guidance_scale < 0
     ):
         raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+
+
+def check_cluster_sizes(cluster_sizes: list[int], unet: UNet2DModel) -> None:
+    """Self-guidance needs a non-negative size per cluster, some positive, and one UNet class embedding
+    per cluster plus the null one."""
+    if not cluster_sizes or any(not _is_integer(size) or size < 0 for size in cluster_sizes) or not any(cluster_sizes):
+        raise ValueError(f"`cluster_sizes` must be non-negative integers, not all 0, got {cluster_sizes!r}.")
+    num_class_embeds = getattr(unet.config, "num_class_embeds", None)
+    if num_class_embeds != len(cluster_sizes) + 1:
+        raise ValueError(
+            f"{len(cluster_sizes)} clusters need a UNet with num_class_embeds = {len(cluster_sizes) + 1} "
+            f"(the last is the null cluster), got {num_class_embeds}."
+        )
+
+
+def classifier_free_guidance(
+    unet: UNet2DModel, model_input: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, null: int, scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w_paper = w - 1):
+    eps = eps(x, null) + w * (eps(x, c) - eps(x, null)).
+
+    Scale 1 is the purely conditional and 0 the purely unconditional prediction, each one UNet call;
+    any other scale evaluates both in one batched call (conditional first, then null).
+    """
+    null_labels = torch.full_like(labels, null)
+    if scale == 1:
+        return unet(model_input, t, class_labels=labels).sample
+    if scale == 0:
+        return unet(model_input, t, class_labels=null_labels).sample
+    both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
+    conditional, unconditional = both.chunk(2)
+    return unconditional + scale * (conditional - unconditional)

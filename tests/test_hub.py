@@ -339,7 +339,8 @@ TRAINED_PULL = (
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
 images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
-print(type(pipe).__name__, images.shape, type(pipe.guide_unet).__name__, pipe.config.autoguidance_scale)
+sizes = pipe.config.cluster_sizes
+print(type(pipe).__name__, images.shape, pipe.guide_unet, len(sizes), sum(sizes), pipe.config.self_guidance_scale)
 """
 )
 
@@ -356,13 +357,15 @@ def test_train_push_delete_pull(hub_server, tmp_path):
 
     uploaded = repo_files(hub_server, f"{TEST_USER}/trained")
     assert {"model_index.json", "pipeline.py", "unet/diffusion_pytorch_model.safetensors"} <= uploaded
-    assert "guide_unet/diffusion_pytorch_model.safetensors" in uploaded  # mnist-tiny's autoguidance guide
+    repo = hub_server.repos[("model", f"{TEST_USER}/trained")]
+    index = json.loads(hub_server.read(repo.resolve("main").files["model_index.json"]))
+    assert len(index["cluster_sizes"]) == 50 and sum(index["cluster_sizes"]) == 5000  # mnist-tiny's self-guidance
     assert not [p for p in uploaded if p.startswith(("checkpoint-", "logs/")) or p.endswith((".bin", ".pkl"))]
     shutil.rmtree(output)
 
     pull = run_python(TRAINED_PULL, hub_server.client_env(tmp_path / "pull-home"), tmp_path, f"{TEST_USER}/trained")
     assert pull.returncode == 0, pull.stderr[-3000:]
-    assert pull.stdout.strip().splitlines()[-1] == "UnconditionalDDPMPipeline (2, 8, 8, 1) UNet2DModel 3.0"
+    assert pull.stdout.strip().splitlines()[-1] == "UnconditionalDDPMPipeline (2, 8, 8, 1) None 50 5000 2.0"
 
 
 CONCURRENT_PULL = (

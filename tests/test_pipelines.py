@@ -247,3 +247,92 @@ def test_saved_unconditional_folder_round_trips_with_and_without_a_guide(tmp_pat
     kwargs = {"batch_size": 2, "num_inference_steps": STEPS, "output_type": "pt"}
     expected = pipeline(generator=seeded(3), **kwargs).images
     torch.testing.assert_close(loaded(generator=seeded(3), **kwargs).images, expected)
+
+
+def self_guided(cluster_sizes: list[int], self_guidance_scale: float = 2.0) -> UnconditionalDDPMPipeline:
+    """An unconditional pipeline whose UNet is conditioned on len(cluster_sizes) clusters plus the null one."""
+    config = DDPMScheduler(num_train_timesteps=1000).config
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(1, 8, num_class_embeds=len(cluster_sizes) + 1),
+        scheduler=make_scheduler("ddim", config),
+        cluster_sizes=cluster_sizes,
+        self_guidance_scale=self_guidance_scale,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_self_guidance_is_classifier_free_guidance_towards_a_drawn_cluster():
+    """Hu et al. (2023): draw c ~ p(c) (here always cluster 1), then eps(x, null) + w (eps(x, c) - eps(x, null)),
+    replayed by hand with DDIM; the generator draws the clusters first, then x_T."""
+    pipeline = self_guided([0, 7, 0], self_guidance_scale=2.0)
+    images = pipeline(batch_size=2, num_inference_steps=STEPS, generator=seeded(5), output_type="pt").images
+    generator = seeded(5)
+    clusters = torch.multinomial(torch.tensor([0.0, 7.0, 0.0], dtype=torch.float64), 2, True, generator=generator)
+    assert clusters.tolist() == [1, 1]
+    scheduler = make_scheduler("ddim", pipeline.scheduler.config)
+    scheduler.set_timesteps(STEPS)
+    latents = torch.randn((2, 1, 8, 8), generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            cond = pipeline.unet(latents, t, class_labels=clusters).sample
+            null = pipeline.unet(latents, t, class_labels=torch.full_like(clusters, 3)).sample
+            latents = scheduler.step(null + 2.0 * (cond - null), t, latents).prev_sample
+    torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))
+    calls = count_calls(pipeline.unet)
+    unguided = pipeline(
+        batch_size=2, num_inference_steps=STEPS, generator=seeded(5), output_type="pt", guidance_scale=0
+    ).images
+    assert len(calls) == STEPS and (unguided - images).abs().max() > 1e-3
+    pipeline(batch_size=2, num_inference_steps=STEPS)
+    assert len(calls) == 2 * STEPS  # guided: one batched call per step
+
+
+def test_clusters_are_drawn_in_proportion_to_their_sizes():
+    pipeline = self_guided([1, 0, 3])
+    clusters = pipeline.draw_clusters(4000, seeded(0))
+    shares = torch.bincount(clusters, minlength=3).double() / 4000
+    assert shares[1] == 0 and abs(shares[0] - 0.25) < 0.03 and abs(shares[2] - 0.75) < 0.03
+    per_image = pipeline.draw_clusters(3, [seeded(1), seeded(1), seeded(2)])
+    assert per_image.shape == (3,) and per_image[0] == per_image[1]
+
+
+@pytest.mark.parametrize(
+    "cluster_sizes, num_class_embeds, message",
+    [
+        ([3, 4], 2, "2 clusters need a UNet with num_class_embeds = 3"),
+        ([3, 4], None, "2 clusters need a UNet with num_class_embeds = 3"),
+        ([0, 0], 3, "not all 0"),
+        ([2, -1], 3, "non-negative integers"),
+    ],
+)
+def test_bad_cluster_sizes_are_refused(cluster_sizes, num_class_embeds, message):
+    unet = tiny_unet(1, 8, num_class_embeds=num_class_embeds)
+    with pytest.raises(ValueError, match=message):
+        UnconditionalDDPMPipeline(unet=unet, scheduler=DDPMScheduler(), cluster_sizes=cluster_sizes)
+
+
+def test_a_pipeline_is_autoguided_or_self_guided_not_both():
+    with pytest.raises(ValueError, match="either autoguided"):
+        UnconditionalDDPMPipeline(
+            unet=tiny_unet(1, 8, num_class_embeds=3),
+            scheduler=DDPMScheduler(),
+            guide_unet=tiny_unet(1, 8),
+            cluster_sizes=[1, 1],
+        )
+
+
+def test_saved_self_guided_folder_round_trips(tmp_path):
+    from ddpm_zoo.hub import load_pipeline
+
+    pipeline = self_guided([5, 2, 3], self_guidance_scale=1.5)
+    save_pipeline_folder(pipeline, tmp_path / "model")
+    kwargs = {"batch_size": 3, "num_inference_steps": STEPS, "output_type": "pt"}
+    expected = pipeline(generator=seeded(3), **kwargs).images
+    for loaded in (
+        DiffusionPipeline.from_pretrained(tmp_path / "model", trust_remote_code=True),
+        load_pipeline(str(tmp_path / "model")),
+    ):
+        assert loaded.config.cluster_sizes == [5, 2, 3] and loaded.config.self_guidance_scale == 1.5
+        loaded.set_progress_bar_config(disable=True)
+        torch.testing.assert_close(loaded(generator=seeded(3), **kwargs).images, expected)

@@ -76,6 +76,10 @@ def test_boolean_options_can_be_switched_off():
         (["--autoguidance_scale", "-1"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_scale", "nan"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_guide_fraction", "1"], "--autoguidance_guide_fraction must be between 0 and 1"),
+        (["--self_guidance_clusters", "1"], "--self_guidance_clusters must be 0 \\(off\\) or at least 2, got 1"),
+        (["--self_guidance_scale", "inf"], "--self_guidance_scale must be a finite number >= 0"),
+        (["--autoguidance_scale", "3"], "choose one guidance: --autoguidance_scale"),
+        (["--streaming"], "--self_guidance_clusters clusters the whole dataset in memory; drop --streaming"),
         (
             ["--compile", "--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"],
             "--compile_mode reduce-overhead replays CUDA graphs",
@@ -95,10 +99,14 @@ def test_compile_modes_without_cuda_graphs_accumulate_gradients():
     assert resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False).compile is False
 
 
-def test_autoguidance_defaults_apply_to_unconditional_mnist_tiny_only():
+def test_self_guidance_defaults_apply_to_unconditional_mnist_tiny_only():
     unconditional = resolve_config(build_parser(conditional=False).parse_args([]), conditional=False)
-    assert unconditional.autoguidance_scale == 3.0 and unconditional.autoguidance_guide_fraction == 0.25
+    assert unconditional.self_guidance_clusters == 50 and unconditional.self_guidance_scale == 2.0
+    assert unconditional.autoguidance_scale == 1.0
     conditional = resolve_config(build_parser(conditional=True).parse_args(["--preset", "mnist-tiny"]), True)
-    assert conditional.autoguidance_scale == 1.0
+    assert conditional.self_guidance_clusters == 0
     cifar = resolve_config(build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm"]), False)
-    assert cifar.autoguidance_scale == 1.0
+    assert cifar.self_guidance_clusters == 0 and cifar.autoguidance_scale == 1.0
+    argv = ["--self_guidance_clusters", "0", "--autoguidance_scale", "3"]
+    autoguided = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+    assert autoguided.autoguidance_scale == 3.0 and autoguided.self_guidance_clusters == 0

@@ -62,12 +62,15 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     summary = json.loads((unconditional_run / "training_summary.json").read_text())
     assert summary["global_step"] == 6 and summary["total_batch_size"] == 16
     assert summary["attention_kernel"] == "classic"  # --attention auto on a CPU
-    # mnist-tiny autoguides: the EMA weights after a quarter of the 6 steps are kept as the guide
-    assert summary["autoguidance"] == {"scale": 3.0, "guide_step": 2}
-    assert index["autoguidance_scale"] == 3.0 and index["guide_unet"] == ["diffusers", "UNet2DModel"]
-    assert (unconditional_run / "guide_unet" / "diffusion_pytorch_model.safetensors").exists()
+    # mnist-tiny self-guides: the UNet is conditioned on 50 k-means clusters of the 5,000 digits (+ the null one)
+    assert summary["self_guidance"] == {"clusters": 50, "scale": 2.0} and summary["autoguidance"] is None
+    assert len(index["cluster_sizes"]) == 50 and sum(index["cluster_sizes"]) == 5000 and min(index["cluster_sizes"]) > 0
+    assert index["self_guidance_scale"] == 2.0 and index["guide_unet"] == [None, None]
+    assert json.loads((unconditional_run / "unet" / "config.json").read_text())["num_class_embeds"] == 51
+    record = json.loads((unconditional_run / "ddpm_zoo_run.json").read_text())
+    assert record["cluster_sizes"] == index["cluster_sizes"]
     card = (unconditional_run / "README.md").read_text()
-    assert "the EMA weights from training step 2" in card and "autoguidance, w = 3" in card
+    assert "into 50 k-means clusters" in card and "self-guidance, w = 2, over 50 k-means clusters" in card
 
 
 def test_published_weights_are_the_ema_weights(unconditional_run):
@@ -94,6 +97,7 @@ def test_guide_is_the_ema_at_the_guide_step_and_survives_checkpoints(tmp_path, u
         checkpoints_total_limit="10",
         autoguidance_scale="2",
         autoguidance_guide_fraction="0.5",
+        self_guidance_clusters="0",
     )
     result = launch("train_unconditional.py", args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,18 +116,23 @@ def test_guide_is_the_ema_at_the_guide_step_and_survives_checkpoints(tmp_path, u
     resumed.mkdir()
     shutil.copytree(output / "checkpoint-3", resumed / "checkpoint-3")
     args = tiny_training_args(resumed, unet_config, steps=4, autoguidance_scale="2", resume_from_checkpoint="latest")
-    result = launch("train_unconditional.py", args + ["--autoguidance_guide_fraction", "0.5"])
+    result = launch(
+        "train_unconditional.py", args + ["--autoguidance_guide_fraction", "0.5", "--self_guidance_clusters", "0"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     again = load_file(resumed / "guide_unet" / weights)
     assert all(torch.equal(guide[name], again[name]) for name in guide)
 
 
-def test_no_guide_without_autoguidance(tmp_path, unet_config):
+def test_no_guidance_when_both_are_off(tmp_path, unet_config):
     output = tmp_path / "plain"
-    result = launch("train_unconditional.py", tiny_training_args(output, unet_config, steps=2, autoguidance_scale="1"))
+    args = tiny_training_args(output, unet_config, steps=2, autoguidance_scale="1", self_guidance_clusters="0")
+    result = launch("train_unconditional.py", args)
     assert result.returncode == 0, result.stderr[-3000:]
     index = json.loads((output / "model_index.json").read_text())
     assert index["guide_unet"] == [None, None] and index["autoguidance_scale"] == 1.0
+    assert index["cluster_sizes"] is None
+    assert json.loads((output / "unet" / "config.json").read_text())["num_class_embeds"] is None
     assert not (output / "guide_unet").exists()
     assert json.loads((output / "training_summary.json").read_text())["autoguidance"] is None
     assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
@@ -139,7 +148,7 @@ def test_conditional_run_respects_class_labels(tmp_path, unet_config):
     index = json.loads((output / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "ClassConditionalDDPMPipeline"]
     assert index["class_names"].split(",")[7] == "seven"
-    assert "guide_unet" not in index  # mnist-tiny's autoguidance default is for unconditional runs
+    assert "guide_unet" not in index and "cluster_sizes" not in index  # mnist-tiny's guidance is unconditional
     result = load_and_sample(output, class_labels=[0, "three", 7], guidance_scale=2.0)
     assert result == {"class": "ClassConditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
 

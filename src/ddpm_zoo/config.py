@@ -52,6 +52,8 @@ class TrainingConfig:
     cond_drop_prob: float = 0.1
     autoguidance_scale: float = 1.0
     autoguidance_guide_fraction: float = 0.25
+    self_guidance_clusters: int = 0
+    self_guidance_scale: float = 2.0
     # optimisation
     train_batch_size: int = 64
     num_epochs: int | None = None
@@ -144,9 +146,10 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
         type=float,
         help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice); default: plain MSE",
     )
-    if conditional:
-        model.add_argument("--cond_drop_prob", type=float, help="probability of the null class (default 0.1)")
-    else:
+    model.add_argument(
+        "--cond_drop_prob", type=float, help="probability of the null class (or null cluster) (default 0.1)"
+    )
+    if not conditional:
         model.add_argument(
             "--autoguidance_scale",
             type=float,
@@ -157,6 +160,15 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
             "--autoguidance_guide_fraction",
             type=float,
             help="the guide is the EMA weights after this fraction of the optimizer steps (default 0.25)",
+        )
+        model.add_argument(
+            "--self_guidance_clusters",
+            type=int,
+            help="self-guidance (Hu et al., 2023): condition on K k-means clusters of the training images, no "
+            "labels needed, and sample with classifier-free guidance over them (default 0: off)",
+        )
+        model.add_argument(
+            "--self_guidance_scale", type=float, help="self-guidance weight saved as the pipeline's default (2.0)"
         )
     optim = parser.add_argument_group("optimisation")
     for name, kind_ in (
@@ -241,8 +253,9 @@ def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfi
     values: dict[str, Any] = {**preset.training}
     values.update({key: value for key, value in vars(args).items() if value is not None})
     values["conditional"] = conditional
-    if conditional:  # autoguidance is an unconditional preset's default; conditional models use CFG
+    if conditional:  # autoguidance and self-guidance are unconditional presets' defaults; conditional models use CFG
         values.pop("autoguidance_scale", None)
+        values.pop("self_guidance_clusters", None)
     if values.get("output_dir") is None:
         suffix = "-cond" if conditional and preset.name != CONDITIONAL_PRESET else ""
         values["output_dir"] = f"ddpm-{preset.name}{suffix}-output"
@@ -269,6 +282,7 @@ def validate(config: TrainingConfig) -> None:
         raise UserInputError(
             f"--autoguidance_guide_fraction must be between 0 and 1, got {config.autoguidance_guide_fraction}"
         )
+    validate_self_guidance(config)
     if config.compile and config.compile_mode in CUDA_GRAPH_MODES and config.gradient_accumulation_steps > 1:
         raise UserInputError(
             f"--compile_mode {config.compile_mode} replays CUDA graphs, which reuse the gradient buffers of every "
@@ -281,3 +295,22 @@ def validate(config: TrainingConfig) -> None:
         raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/mnist-ddpm)")
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")
+
+
+def validate_self_guidance(config: TrainingConfig) -> None:
+    """Self-guidance needs at least 2 clusters, a finite weight, the in-memory data path, and no autoguidance."""
+    if config.self_guidance_clusters == 0:
+        return
+    if config.self_guidance_clusters < 2:
+        raise UserInputError(
+            f"--self_guidance_clusters must be 0 (off) or at least 2, got {config.self_guidance_clusters}"
+        )
+    if not (math.isfinite(config.self_guidance_scale) and config.self_guidance_scale >= 0):
+        raise UserInputError(f"--self_guidance_scale must be a finite number >= 0, got {config.self_guidance_scale}")
+    if config.autoguidance_scale != 1:
+        raise UserInputError(
+            "choose one guidance: --autoguidance_scale (a guide network) or --self_guidance_clusters (k-means "
+            "clusters); pass --self_guidance_clusters 0 or --autoguidance_scale 1"
+        )
+    if config.streaming:
+        raise UserInputError("--self_guidance_clusters clusters the whole dataset in memory; drop --streaming")

@@ -471,12 +471,17 @@ def is_conditional(pipeline) -> bool:
     return "class_labels" in _call_parameters(pipeline)
 
 
+def is_self_guided(pipeline) -> bool:
+    """Whether an unconditional pipeline samples with classifier-free guidance over k-means clusters."""
+    return pipeline.config.get("cluster_sizes") is not None
+
+
 def takes_guidance(pipeline) -> bool:
-    """Whether a guidance weight applies: classifier-free guidance (class-conditional) or autoguidance (an
-    unconditional pipeline with a `guide_unet`)."""
+    """Whether a guidance weight applies: classifier-free guidance (class-conditional), autoguidance (an
+    unconditional pipeline with a `guide_unet`) or self-guidance (one with `cluster_sizes`)."""
     if "guidance_scale" not in _call_parameters(pipeline):
         return False
-    return is_conditional(pipeline) or getattr(pipeline, "guide_unet", None) is not None
+    return is_conditional(pipeline) or getattr(pipeline, "guide_unet", None) is not None or is_self_guided(pipeline)
 
 
 def default_guidance_scale(pipeline) -> float | None:
@@ -485,7 +490,9 @@ def default_guidance_scale(pipeline) -> float | None:
         return None
     if is_conditional(pipeline):
         return _call_parameters(pipeline)["guidance_scale"].default
-    return float(pipeline.config.autoguidance_scale)
+    return float(
+        pipeline.config.self_guidance_scale if is_self_guided(pipeline) else pipeline.config.autoguidance_scale
+    )
 
 
 def num_classes(pipeline) -> int:
@@ -955,7 +962,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = load_pipeline(args.model, device)
     if args.guidance is not None and not takes_guidance(pipeline):
-        raise UserInputError("--guidance applies to class-conditional models and to models with a guide_unet only")
+        raise UserInputError(
+            "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
+            "models only"
+        )
     digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
     context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
     rows = sweep(

@@ -116,6 +116,8 @@ class TrainingSummary:
     local_dataset: bool = False
     autoguidance_scale: float | None = None
     autoguidance_guide_step: int | None = None
+    self_guidance_clusters: int | None = None
+    self_guidance_scale: float | None = None
 
 
 def known_datasets() -> dict[str, DatasetInfo]:
@@ -156,6 +158,9 @@ def sampling_guidance(summary: TrainingSummary) -> str:
     """The card's description of the pipeline's default guidance."""
     if summary.conditional:
         return "classifier-free guidance"
+    if summary.self_guidance_clusters:
+        scale, clusters = summary.self_guidance_scale, summary.self_guidance_clusters
+        return f"self-guidance, w = {scale:g}, over {clusters} k-means clusters"
     if summary.autoguidance_scale is None:
         return "none"
     scale, step = summary.autoguidance_scale, summary.autoguidance_guide_step
@@ -211,6 +216,9 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "autoguidance": summary.autoguidance_scale is not None,
         "autoguidance_scale": f"{summary.autoguidance_scale:g}" if summary.autoguidance_scale is not None else "",
         "autoguidance_guide_step": f"{summary.autoguidance_guide_step:,}" if summary.autoguidance_guide_step else "",
+        "self_guidance": bool(summary.self_guidance_clusters),
+        "self_guidance_clusters": summary.self_guidance_clusters or "",
+        "self_guidance_scale": f"{summary.self_guidance_scale:g}" if summary.self_guidance_scale is not None else "",
         "dataset": dataset,
         "dataset_shown": dataset_shown,
         "training_rows": training_rows(summary, dataset_shown),
@@ -278,9 +286,15 @@ def refresh_model_card(folder: str | os.PathLike, eval_results: list[EvalResult]
 # ----------------------------------------------------------------------------------------------- push
 
 
+def is_component_entry(value) -> bool:
+    """A model_index.json entry naming a component ([library, class] or [null, null] when left out), as
+    opposed to a pipeline config value such as a list of cluster sizes."""
+    return isinstance(value, list) and len(value) == 2 and all(item is None or isinstance(item, str) for item in value)
+
+
 def pipeline_components(index: dict) -> list[str]:
     """The component folders a `model_index.json` names (`unet`, `scheduler`, ...)."""
-    return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+    return [name for name, value in index.items() if not name.startswith("_") and is_component_entry(value)]
 
 
 def read_model_index(folder: Path) -> dict:
@@ -437,7 +451,7 @@ def load_pipeline(name_or_path: str, revision: str | None = None, token: str | N
     for name, value in index.items():
         if name.startswith("_"):
             continue
-        if isinstance(value, list):
+        if is_component_entry(value):
             if value == [None, None]:  # an optional component left out (e.g. no autoguidance guide_unet)
                 kwargs[name] = None
                 continue

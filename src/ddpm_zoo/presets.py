@@ -89,7 +89,7 @@ PRESETS: dict[str, Preset] = {
         description="A 1.1 M-parameter DDPM for 28x28 grayscale digits, sized to train on a laptop CPU.",
         unet=_three_level_28px(channels=1),
         scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
-        training={**_DIGIT_TRAINING, "autoguidance_scale": 3.0},
+        training={**_DIGIT_TRAINING, "self_guidance_clusters": 50},
         dataset=MNIST_INFO,
         class_names=DIGIT_NAMES,
         tags=("mnist",),

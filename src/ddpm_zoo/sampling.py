@@ -149,8 +149,8 @@ def generate(
     labels = image_labels(pipeline, num_images, class_labels)
     if guidance_scale is not None and not takes_guidance(pipeline):
         raise UserInputError(
-            "this model is unconditional without a guide_unet; --guidance_scale needs a class-conditional or an "
-            "autoguided one"
+            "this model is unconditional without guidance; --guidance_scale needs a class-conditional, an "
+            "autoguided (guide_unet) or a self-guided (cluster_sizes) one"
         )
     total = len(labels) if labels is not None else (num_images or 16)
     steps = num_inference_steps or default_steps(pipeline)
@@ -411,7 +411,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="classifier-free guidance weight w >= 0: 0 unconditional, 1 conditional, >1 stronger "
-        "(default: the pipeline's, 3); for an unconditional model with a guide_unet, the autoguidance weight",
+        "(default: the pipeline's, 3); for an unconditional model with a guide_unet, the autoguidance weight; "
+        "with cluster_sizes, the self-guidance weight",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")

@@ -44,6 +44,7 @@ from ddpm_zoo.checkpoints import (
     resolve_resume_path,
     save_checkpoint,
 )
+from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import TrainingSummary, render_model_card, save_pipeline_folder
@@ -72,10 +73,12 @@ class PreparedData:
     batches: data_lib.InMemoryBatches | data_lib.StreamingBatches
     plan: data_lib.EpochIndexPlan
     class_names: tuple[str, ...]
+    cluster_sizes: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        """The labels the UNet is conditioned on: classes, or k-means clusters for self-guidance."""
+        return len(self.cluster_sizes) or len(self.class_names)
 
 
 def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
@@ -144,7 +147,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     """Load the source, then decode it once into memory (or stream it when it is large).
 
     Conditional training needs labels in 0..num_classes-1, where num_classes comes from the dataset's
-    class names, else from the preset's.
+    class names, else from the preset's. Self-guidance labels each image with its k-means cluster.
     """
     source = data_lib.load_image_source(
         config.dataset_name,
@@ -163,6 +166,11 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     if config.streaming or size > IN_MEMORY_LIMIT_BYTES:
         if config.colorize:
             raise UserInputError("--colorize needs the in-memory path (drop --streaming)")
+        if config.self_guidance_clusters:
+            raise UserInputError(
+                f"--self_guidance_clusters needs the whole dataset in memory; {size / 2**30:.1f} GiB is over the "
+                f"{IN_MEMORY_LIMIT_BYTES / 2**30:.0f} GiB limit"
+            )
         plan = data_lib.EpochIndexPlan(len(source.dataset), *plan_args)
         batches = data_lib.StreamingBatches(
             source,
@@ -194,9 +202,14 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             raise UserInputError(
                 f"label {int(decoded.labels[outside][0])} is outside the model's classes 0..{len(class_names) - 1}"
             )
+    cluster_sizes: tuple[int, ...] = ()
+    if config.self_guidance_clusters:
+        clusters = cluster_images(decoded.images, config.self_guidance_clusters, config.seed)
+        decoded = dataclasses.replace(decoded, labels=clusters.assignments)
+        cluster_sizes = tuple(clusters.sizes.tolist())
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
-    return PreparedData(batches, plan, class_names)
+    return PreparedData(batches, plan, class_names, cluster_sizes)
 
 
 def build_optimizer(
@@ -336,7 +349,8 @@ class Trainer:
             torch.set_num_threads(config.num_cpu_threads or max(1, cores // self.accelerator.num_processes))
         self.data = prepare_data(config, unet_config.get("in_channels", 3), self.accelerator, self.preset)
         set_seed(config.seed)
-        self.unet = build_unet(unet_config, self.data.num_classes + 1 if config.conditional else None)
+        self.labelled = config.conditional or config.self_guidance_clusters > 0
+        self.unet = build_unet(unet_config, self.data.num_classes + 1 if self.labelled else None)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
@@ -414,6 +428,13 @@ class Trainer:
         if self.config.conditional:
             return ClassConditionalDDPMPipeline(
                 unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
+            )
+        if self.data.cluster_sizes:
+            return UnconditionalDDPMPipeline(
+                unet=unet,
+                scheduler=scheduler,
+                cluster_sizes=list(self.data.cluster_sizes),
+                self_guidance_scale=self.config.self_guidance_scale,
             )
         scale = self.config.autoguidance_scale if self.guide_unet is not None else 1.0
         return UnconditionalDDPMPipeline(
@@ -503,6 +524,8 @@ class Trainer:
             local_dataset=config.train_data_dir is not None,
             autoguidance_scale=config.autoguidance_scale if self.guide_unet is not None else None,
             autoguidance_guide_step=self.guide_step if self.guide_unet is not None else None,
+            self_guidance_clusters=len(self.data.cluster_sizes) or None,
+            self_guidance_scale=config.self_guidance_scale if self.data.cluster_sizes else None,
         )
         card = render_model_card(card_summary, repo_id=config.hub_model_id)
         summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": config.hub_model_id}
@@ -524,7 +547,8 @@ class Trainer:
                 for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
                     shutil.rmtree(stale)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / RUN_RECORD).write_text(json.dumps(config.public_dict(), indent=2))
+            record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
+            (self.output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
             accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
         start_step, self.resumed_seconds = load_checkpoint(accelerator, self.ema, resume) if resume else (0, 0.0)
         if resume:
@@ -564,6 +588,9 @@ class Trainer:
             "attention_kernel": self.attention,
             "autoguidance": {"scale": self.config.autoguidance_scale, "guide_step": self.guide_step}
             if self.guide_unet is not None
+            else None,
+            "self_guidance": {"clusters": len(self.data.cluster_sizes), "scale": self.config.self_guidance_scale}
+            if self.data.cluster_sizes
             else None,
         }
         self.save_final_pipeline(summary)
@@ -643,7 +670,7 @@ class Trainer:
         t = torch.randint(0, config.ddpm_num_steps, (clean.shape[0],), device=clean.device)
         noisy = self.noise_scheduler.add_noise(clean, noise, t)
         class_labels = None
-        if config.conditional:
+        if self.labelled:
             drop = torch.rand(labels.shape[0], device=labels.device) < config.cond_drop_prob
             class_labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
         if config.compile and config.compile_mode in CUDA_GRAPH_MODES:

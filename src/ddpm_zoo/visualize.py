@@ -243,7 +243,7 @@ def reverse_process_frames(
 
 def _call_kwargs(pipeline, class_labels: Sequence[int | str] | None, num_rows: int, guidance_scale: float | None):
     """Pipeline arguments and row labels: one row per class (conditional) or per sample; a `guidance_scale`
-    of None keeps the pipeline's default (classifier-free guidance or, with a guide_unet, autoguidance)."""
+    of None keeps the pipeline's default (classifier-free guidance, autoguidance or self-guidance)."""
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     if is_conditional(pipeline):
         labels = list(class_labels) if class_labels else list(range(pipeline.num_classes))
