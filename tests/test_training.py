@@ -153,12 +153,14 @@ def test_conditional_run_respects_class_labels(tmp_path, unet_config):
     assert result == {"class": "ClassConditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
 
 
-def test_two_processes_train_and_save(tmp_path, unet_config):
+def test_two_processes_train_and_save(tmp_path, unet_config, unconditional_run):
     output = tmp_path / "ddp"
     result = launch("train_unconditional.py", tiny_training_args(output, unet_config, steps=3), num_processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["total_batch_size"] == 32
+    sizes = json.loads((output / "model_index.json").read_text())["cluster_sizes"]
+    assert sizes == json.loads((unconditional_run / "model_index.json").read_text())["cluster_sizes"]  # same k-means
     assert (output / "checkpoint-3" / "random_states_1.pkl").exists()
     assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
@@ -204,9 +204,11 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             )
     cluster_sizes: tuple[int, ...] = ()
     if config.self_guidance_clusters:
-        clusters = cluster_images(decoded.images, config.self_guidance_clusters, config.seed)
-        decoded = dataclasses.replace(decoded, labels=clusters.assignments)
-        cluster_sizes = tuple(clusters.sizes.tolist())
+        assignments = cluster_images(decoded.images, config.self_guidance_clusters, config.seed).assignments
+        if accelerator.num_processes > 1:  # every process must train on the main process's clusters
+            assignments = broadcast(assignments.to(accelerator.device), from_process=0).cpu()
+        decoded = dataclasses.replace(decoded, labels=assignments)
+        cluster_sizes = tuple(torch.bincount(assignments, minlength=config.self_guidance_clusters).tolist())
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
     return PreparedData(batches, plan, class_names, cluster_sizes)
