@@ -365,7 +365,7 @@ def test_train_push_delete_pull(hub_server, tmp_path):
 
     pull = run_python(TRAINED_PULL, hub_server.client_env(tmp_path / "pull-home"), tmp_path, f"{TEST_USER}/trained")
     assert pull.returncode == 0, pull.stderr[-3000:]
-    assert pull.stdout.strip().splitlines()[-1] == "UnconditionalDDPMPipeline (2, 8, 8, 1) None 50 5000 2.0"
+    assert pull.stdout.strip().splitlines()[-1] == "UnconditionalDDPMPipeline (2, 8, 8, 1) None 50 5000 3.0"
 
 
 CONCURRENT_PULL = (

@@ -101,7 +101,7 @@ def test_compile_modes_without_cuda_graphs_accumulate_gradients():
 
 def test_self_guidance_defaults_apply_to_unconditional_mnist_tiny_only():
     unconditional = resolve_config(build_parser(conditional=False).parse_args([]), conditional=False)
-    assert unconditional.self_guidance_clusters == 50 and unconditional.self_guidance_scale == 2.0
+    assert unconditional.self_guidance_clusters == 50 and unconditional.self_guidance_scale == 3.0
     assert unconditional.autoguidance_scale == 1.0
     conditional = resolve_config(build_parser(conditional=True).parse_args(["--preset", "mnist-tiny"]), True)
     assert conditional.self_guidance_clusters == 0

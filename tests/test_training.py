@@ -63,14 +63,14 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     assert summary["global_step"] == 6 and summary["total_batch_size"] == 16
     assert summary["attention_kernel"] == "classic"  # --attention auto on a CPU
     # mnist-tiny self-guides: the UNet is conditioned on 50 k-means clusters of the 5,000 digits (+ the null one)
-    assert summary["self_guidance"] == {"clusters": 50, "scale": 2.0} and summary["autoguidance"] is None
+    assert summary["self_guidance"] == {"clusters": 50, "scale": 3.0} and summary["autoguidance"] is None
     assert len(index["cluster_sizes"]) == 50 and sum(index["cluster_sizes"]) == 5000 and min(index["cluster_sizes"]) > 0
-    assert index["self_guidance_scale"] == 2.0 and index["guide_unet"] == [None, None]
+    assert index["self_guidance_scale"] == 3.0 and index["guide_unet"] == [None, None]
     assert json.loads((unconditional_run / "unet" / "config.json").read_text())["num_class_embeds"] == 51
     record = json.loads((unconditional_run / "ddpm_zoo_run.json").read_text())
     assert record["cluster_sizes"] == index["cluster_sizes"]
     card = (unconditional_run / "README.md").read_text()
-    assert "into 50 k-means clusters" in card and "self-guidance, w = 2, over 50 k-means clusters" in card
+    assert "into 50 k-means clusters" in card and "self-guidance, w = 3, over 50 k-means clusters" in card
 
 
 def test_published_weights_are_the_ema_weights(unconditional_run):

@@ -53,7 +53,7 @@ class TrainingConfig:
     autoguidance_scale: float = 1.0
     autoguidance_guide_fraction: float = 0.25
     self_guidance_clusters: int = 0
-    self_guidance_scale: float = 2.0
+    self_guidance_scale: float = 3.0
     # optimisation
     train_batch_size: int = 64
     num_epochs: int | None = None
@@ -168,7 +168,7 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
             "labels needed, and sample with classifier-free guidance over them (default 0: off)",
         )
         model.add_argument(
-            "--self_guidance_scale", type=float, help="self-guidance weight saved as the pipeline's default (2.0)"
+            "--self_guidance_scale", type=float, help="self-guidance weight saved as the pipeline's default (3.0)"
         )
     optim = parser.add_argument_group("optimisation")
     for name, kind_ in (
