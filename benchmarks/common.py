@@ -29,12 +29,13 @@ def matmul_gflops(seconds: float = 3.0, size: int | None = None, device: str = "
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor, **kwargs) -> float:
-    """FLOPs of one forward + backward pass per image, counted by torch.utils.flop_counter."""
+def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor) -> float:
+    """FLOPs of one forward + backward pass per image, counted by torch.utils.flop_counter (with class
+    labels when the UNet has class embeddings)."""
+    zeros = torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device)
+    class_labels = zeros if model.config.num_class_embeds else None
     with FlopCounterMode(display=False) as counter:
-        model(
-            sample, torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device), **kwargs
-        ).sample.sum().backward()
+        model(sample, zeros, class_labels).sample.sum().backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / sample.shape[0]
 
@@ -75,7 +76,7 @@ def write_json(name: str, payload: dict) -> Path:
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))

@@ -5,6 +5,8 @@ Per-sample PIL transforms (Resize, CenterCrop, RandomHorizontalFlip, ToTensor, N
 PIL and numpy here, since torchvision does not import beside this torch) run through a `datasets`
 `set_transform` and a shuffled DataLoader; each step reads the loss with `.item()` for the progress bar,
 and the EMA uses `EMAModel`'s default per-parameter update. The loop body mirrors the example's.
+The example trains unconditional UNets only; a config with class embeddings (the self-guided mnist-tiny
+preset's) gets uniformly drawn labels, so the baseline runs the same network as ddpm-zoo.
 """
 
 import random
@@ -77,6 +79,7 @@ class OfficialStyleTrainer:
             model_config=model.config,
         )
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        self.num_class_embeds = unet_config.get("num_class_embeds")
         self.batches = self._forever()
         self.global_step = 0
 
@@ -94,8 +97,11 @@ class OfficialStyleTrainer:
             0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=clean_images.device
         ).long()
         noisy_images = self.noise_scheduler.add_noise(clean_images, noise, timesteps)
+        class_labels = None
+        if self.num_class_embeds:
+            class_labels = torch.randint(0, self.num_class_embeds, (bsz,), device=clean_images.device)
         with accelerator.accumulate(model):
-            model_output = model(noisy_images, timesteps).sample
+            model_output = model(noisy_images, timesteps, class_labels).sample
             loss = F.mse_loss(model_output.float(), noise.float())
             accelerator.backward(loss)
             if accelerator.sync_gradients:

@@ -1,6 +1,8 @@
 """Sampling throughput: images/s per preset, scheduler and step count, beside the machine's fp32 matmul rate.
 
-Each preset's UNet is randomly initialised (speed does not depend on the weights). Cases run interleaved,
+Each preset's UNet is randomly initialised (speed does not depend on the weights) inside the pipeline its
+training run saves: mnist-tiny's self-guided one (uniform cluster sizes; guidance 0 is its unguided
+network), colored-mnist's class-conditional one, cifar10-ddpm's plain one. Cases run interleaved,
 round after round, each round starting with a 2048x2048 fp32 matmul loop, so a busy machine shows up as a
 low GFLOP/s in the same rounds as its slow cases. Runs of more than `--max_timed_steps` steps (DDPM's
 1000) are timed over their first steps and extrapolated: every step costs the same (one UNet call and an
@@ -22,8 +24,9 @@ import diffusers
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from ddpm_zoo.config import TrainingConfig
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
-from ddpm_zoo.presets import PRESETS
+from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS
 from ddpm_zoo.schedulers import make_scheduler
 from ddpm_zoo.training import cpu_model
 
@@ -35,13 +38,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Case:
-    """One measured configuration; `guidance_scale` None means an unconditional pipeline."""
+    """One measured configuration; `guidance_scale` None samples at the pipeline's default guidance."""
 
     preset: str
     scheduler: str
     steps: int
     batch_size: int
     guidance_scale: float | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the preset trains the class-conditional pipeline (sampled with labels 0-9 in turn)."""
+        return self.preset == CONDITIONAL_PRESET
 
 
 DEFAULT_CASES = (
@@ -50,6 +58,7 @@ DEFAULT_CASES = (
     Case("mnist-tiny", "dpmsolver", 20, 8),
     Case("mnist-tiny", "euler", 50, 8),
     Case("mnist-tiny", "unipc", 20, 8),
+    Case("mnist-tiny", "dpmsolver", 20, 8, 0.0),
     Case("colored-mnist", "ddpm", 1000, 8, 3.0),
     Case("colored-mnist", "ddim", 50, 8, 3.0),
     Case("colored-mnist", "dpmsolver", 20, 8, 3.0),
@@ -68,14 +77,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_pipeline(preset: str, conditional: bool, device: torch.device):
-    """The preset's UNet, randomly initialised (seeded), in the matching ddpm-zoo pipeline."""
+def build_pipeline(preset: str, device: torch.device):
+    """The preset's UNet, randomly initialised (seeded), in the pipeline its training run saves."""
     torch.manual_seed(0)
     config = dict(PRESETS[preset].unet)
     scheduler = DDPMScheduler(**PRESETS[preset].scheduler)
-    if conditional:
+    clusters = PRESETS[preset].training.get("self_guidance_clusters", 0)
+    if preset == CONDITIONAL_PRESET:
         config["num_class_embeds"] = len(PRESETS[preset].class_names) + 1
         pipeline = ClassConditionalDDPMPipeline(unet=UNet2DModel(**config), scheduler=scheduler)
+    elif clusters:
+        config["num_class_embeds"] = clusters + 1
+        pipeline = UnconditionalDDPMPipeline(
+            unet=UNet2DModel(**config),
+            scheduler=scheduler,
+            cluster_sizes=[1] * clusters,
+            self_guidance_scale=TrainingConfig.self_guidance_scale,
+        )
     else:
         pipeline = UnconditionalDDPMPipeline(unet=UNet2DModel(**config), scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
@@ -98,10 +116,12 @@ def run_case(pipeline, case: Case, device: torch.device, max_timed_steps: int) -
         "output_type": "pt",
         "callback_on_step_end": stop_after,
     }
-    if case.guidance_scale is None:
-        kwargs["batch_size"] = case.batch_size
+    if case.conditional:
+        kwargs["class_labels"] = [i % 10 for i in range(case.batch_size)]
     else:
-        kwargs.update(class_labels=[i % 10 for i in range(case.batch_size)], guidance_scale=case.guidance_scale)
+        kwargs["batch_size"] = case.batch_size
+    if case.guidance_scale is not None:
+        kwargs["guidance_scale"] = case.guidance_scale
     synchronize(device)
     start = time.perf_counter()
     try:
@@ -130,12 +150,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def summarise(case: Case, runs: list[tuple[float, int]]) -> dict:
+def guidance_used(pipeline, case: Case) -> float | None:
+    """The case's guidance weight, or the pipeline's default where it guides by default (None: unguided)."""
+    if case.guidance_scale is not None:
+        return case.guidance_scale
+    if isinstance(pipeline, UnconditionalDDPMPipeline) and (pipeline.self_guided or pipeline.guide_unet is not None):
+        return pipeline.default_guidance_scale
+    return None
+
+
+def summarise(case: Case, runs: list[tuple[float, int]], guidance_scale: float | None) -> dict:
     """Median images/s over rounds, at the case's full step count."""
     per_step = [seconds / steps for seconds, steps in runs]
     images_per_s = [case.batch_size / (s * case.steps) for s in per_step]
     return {
         **asdict(case),
+        "guidance_scale": guidance_scale,
         "timed_steps": runs[0][1],
         "extrapolated": runs[0][1] < case.steps,
         "seconds_per_step": per_step,
@@ -171,19 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     pipelines = {}
     for case in cases:
-        key = (case.preset, case.guidance_scale is not None)
-        if key not in pipelines:
-            pipelines[key] = build_pipeline(case.preset, key[1], device)
-            run_case(pipelines[key], Case(case.preset, "ddim", 2, case.batch_size, case.guidance_scale), device, 2)
+        if case.preset not in pipelines:
+            pipelines[case.preset] = build_pipeline(case.preset, device)
+            run_case(pipelines[case.preset], Case(case.preset, "ddim", 2, case.batch_size), device, 2)
     runs: dict[Case, list[tuple[float, int]]] = {case: [] for case in cases}
     gflops = []
     started = time.perf_counter()
     for _ in range(args.rounds):
         gflops.append(matmul_gflops(seconds=2.0, device=device))
         for case in cases:
-            pipeline = pipelines[(case.preset, case.guidance_scale is not None)]
+            pipeline = pipelines[case.preset]
             runs[case].append(run_case(pipeline, case, device, args.max_timed_steps))
-    results = [summarise(case, runs[case]) for case in cases]
+    results = [summarise(case, runs[case], guidance_used(pipelines[case.preset], case)) for case in cases]
     print_table(results, gflops)
     report = {
         "device": str(device),

@@ -132,7 +132,7 @@ def trainer_source(config):
     return data.load_image_source(config.dataset_name, config.train_data_dir)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="mnist-tiny,colored-mnist,cifar10-ddpm")
     parser.add_argument("--precisions", default="no,bf16")
@@ -156,7 +156,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     presets = ["mnist-tiny"] if args.unet_config else args.presets.split(",")
-    rows = []
+    rows, failed = [], []
     for preset in presets:
         for precision in args.precisions.split(","):
             batch = args.batch or (128 if torch.cuda.is_available() else CPU_BATCH.get(preset, 64))
@@ -168,6 +168,7 @@ def main() -> None:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 print(result.stderr[-2000:], file=sys.stderr)
+                failed.append(f"{preset}:{precision}")
                 continue
             rows += json.loads(result.stdout.strip().splitlines()[-1])["rows"]
             print_table(rows[-2:], list(rows[-1]) + ["speedup_vs_official"])
@@ -177,7 +178,10 @@ def main() -> None:
     print_table(rows, columns)
     path = write_json(args.output, {"machine": machine(), "rows": rows})
     print(f"\nwrote {path}")
+    if failed:
+        print(f"error: no measurement for {', '.join(failed)} (the child's traceback is above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
