@@ -2,13 +2,15 @@
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_zoo.training import cpu_model
+from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.training import Trainer, cpu_model
 
 RESULTS_DIR = Path(__file__).with_name("results")
 
@@ -27,6 +29,21 @@ def matmul_gflops(seconds: float = 3.0, size: int | None = None, device: str = "
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def build_trainer(preset: str, precision: str, batch: int, flags: str = "", unet_config: str | None = None) -> Trainer:
+    """ddpm-zoo's `Trainer` for `preset` (or a UNet config file), with extra command-line `flags`.
+
+    The embedded digits, converted and resized to the model's shape, feed every preset: the cost of a
+    step does not depend on pixel content, and this runs offline.
+    """
+    argv = ["--preset", preset, "--train_batch_size", str(batch), "--mixed_precision", precision]
+    argv += ["--max_train_steps", "1000000", "--logger", "none", "--output_dir", tempfile.mkdtemp()]
+    argv += ["--dataset_name", "mnist-5k", "--convert_channels", "--no-colorize"]
+    if unet_config:
+        argv += ["--model_config_name_or_path", unet_config]
+    argv += flags.split()
+    return Trainer(resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False))
 
 
 def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor) -> float:

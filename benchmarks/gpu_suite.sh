@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The README's GPU rows in one go, on a machine with one CUDA GPU (sized to fit a ~10-minute loan):
-#   1. a short bf16 training run of the real script, then sampling from what it saved (correctness);
-#   2. cifar10-ddpm bf16 throughput at batch 128, ddpm-zoo vs the official-style baseline, interleaved:
-#      default flags, then --compile --channels_last --compile_mode reduce-overhead (CUDA graphs);
-#   3. the compiled run at the largest batch that fits (from the default-flags run's peak memory per image);
-#   4. mnist-tiny and colored-mnist bf16, default flags;
-#   5. sampling images/s per scheduler;
-#   6. cifar10-ddpm without mixed precision, default flags.
-# Each step's JSON lands in benchmarks/results/ (suffix -gpu) and its log in $LOGS (default /tmp/gpu-suite);
+# The README's GPU rows, on a machine with one CUDA GPU. Name the parts to run, in order (default: all):
+#   smoke      a short bf16 training run of the real script (self-guided mnist-tiny), then sampling from it;
+#   profile    where cifar10-ddpm's bf16 step spends its time at batch 1024 (benchmarks/profile_step.py),
+#              compiled with --channels_last, then eager: the MFU gap split into kernel categories;
+#   autotune   cifar10-ddpm bf16 at batch 1024, --compile_mode max-autotune-no-cudagraphs vs the baseline;
+#   b128       cifar10-ddpm bf16 at batch 128, ddpm-zoo vs the official-style baseline, interleaved: default
+#              flags, then --compile --channels_last --compile_mode reduce-overhead (CUDA graphs);
+#   largest    the reduce-overhead run at the largest batch that fits (from b128's peak memory per image);
+#   small      mnist-tiny and colored-mnist bf16, default flags;
+#   sampling   images/s per scheduler;
+#   fp32       cifar10-ddpm without mixed precision, default flags.
+# Every step has its own time limit; a 15-minute device loan fits about "smoke profile autotune".
+# Each part's JSON lands in benchmarks/results/ (suffix -gpu) and its log in $LOGS (default /tmp/gpu-suite);
 # with ARCHIVE=path.tar.gz both are archived there after every step, so a cut-off run keeps what it measured.
 set -u
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-/tmp/gpu-suite}
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu.txt"
-python3 -c "import torch, diffusers, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$LOGS/gpu.txt"
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run one step with a time limit, log it, say how it ended
     local name=$1 limit=$2
@@ -23,17 +25,11 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step with a time limit, log 
     local start=$SECONDS
     timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
     echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$LOGS/steps.txt"
-    tail -n 8 "$LOGS/$name.log"
+    tail -c 2000 "$LOGS/$name.log" | tr "\r" "\n" | tail -n 6
     if [ -n "${ARCHIVE:-}" ]; then
         tar czf "$ARCHIVE" "$LOGS" benchmarks/results/*-gpu.json 2>/dev/null
     fi
 }
-
-step smoke-train 120 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
-    --mixed_precision bf16 --dynamo_backend no train_unconditional.py --preset mnist-tiny --max_train_steps 300 \
-    --checkpointing_steps 150 --logging_steps 50 --output_dir /tmp/smoke --overwrite_output_dir --logger none
-step smoke-sample 45 python3 -m ddpm_zoo.cli sample /tmp/smoke --scheduler dpmsolver --num_images 64 \
-    --output_dir "$LOGS/smoke-samples"
 
 throughput() {  # throughput NAME TIMEOUT_S OPTIONS...
     local name=$1 limit=$2
@@ -42,22 +38,73 @@ throughput() {  # throughput NAME TIMEOUT_S OPTIONS...
         --output "train_throughput-$name-gpu.json" "$@"
 }
 
-throughput cifar10-bf16-b128 90 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 --batch 128
-throughput cifar10-bf16-b128-compile-cudagraphs 200 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 \
-    --batch 128 --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
-largest=$(python3 - <<'EOF'
+smoke() {
+    step smoke-train 120 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+        --mixed_precision bf16 --dynamo_backend no train_unconditional.py --preset mnist-tiny --max_train_steps 300 \
+        --checkpointing_steps 150 --logging_steps 50 --output_dir /tmp/smoke --overwrite_output_dir --logger none
+    step smoke-sample 45 python3 -m ddpm_zoo.cli sample /tmp/smoke --scheduler dpmsolver --num_images 64 \
+        --output_dir "$LOGS/smoke-samples"
+}
+
+profile() {
+    step profile-compiled 240 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
+        --batch 1024 --ours_flags="--compile --channels_last" --trace "$LOGS/trace-compiled.json" \
+        --output profile_step-cifar10-bf16-b1024-compile-gpu.json
+    step profile-eager 90 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
+        --batch 1024 --output profile_step-cifar10-bf16-b1024-eager-gpu.json
+    gzip -f "$LOGS"/trace-*.json 2>/dev/null
+}
+
+autotune() {
+    throughput cifar10-bf16-b1024-max-autotune 420 --rounds 2 --steps 5 --presets cifar10-ddpm \
+        --precisions bf16 --batch 1024 --ours_flags="--compile --channels_last --compile_mode max-autotune-no-cudagraphs"
+}
+
+b128() {
+    throughput cifar10-bf16-b128 90 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions bf16 --batch 128
+    throughput cifar10-bf16-b128-compile-cudagraphs 200 --rounds 3 --steps 20 --presets cifar10-ddpm \
+        --precisions bf16 --batch 128 --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
+}
+
+largest() {  # b128's peak memory per image sizes the batch; 1024 without it
+    local batch
+    batch=$(python3 -c '
 import json, torch
 rows = json.load(open("benchmarks/results/train_throughput-cifar10-bf16-b128-gpu.json"))["rows"]
 per_image_mib = max(r["peak_mem_mib"] for r in rows) / 128
 free_mib = torch.cuda.mem_get_info()[0] / 2**20
 print(min(4096, int(0.85 * free_mib / per_image_mib) // 128 * 128))
-EOF
-) || largest=1024
-echo "largest batch: $largest" | tee -a "$LOGS/steps.txt"
-throughput "cifar10-bf16-b${largest}-compile-cudagraphs" 200 --rounds 2 --steps 5 --presets cifar10-ddpm \
-    --precisions bf16 --batch "$largest" --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
-throughput small-presets-bf16-b128 90 --rounds 3 --steps 20 --presets mnist-tiny,colored-mnist --precisions bf16 \
-    --batch 128
-step sampling 90 python3 benchmarks/sampling.py --device cuda --output benchmarks/results/sampling-gpu.json
-throughput cifar10-fp32-b128 90 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions no --batch 128
+') || batch=1024
+    echo "largest batch: $batch" | tee -a "$LOGS/steps.txt"
+    throughput "cifar10-bf16-b${batch}-compile-cudagraphs" 200 --rounds 2 --steps 5 --presets cifar10-ddpm \
+        --precisions bf16 --batch "$batch" --ours_flags="--compile --channels_last --compile_mode reduce-overhead"
+}
+
+small() {
+    throughput small-presets-bf16-b128 90 --rounds 3 --steps 20 --presets mnist-tiny,colored-mnist \
+        --precisions bf16 --batch 128
+}
+
+sampling() {
+    step sampling 90 python3 benchmarks/sampling.py --device cuda --output benchmarks/results/sampling-gpu.json
+}
+
+fp32() {
+    throughput cifar10-fp32-b128 90 --rounds 3 --steps 20 --presets cifar10-ddpm --precisions no --batch 128
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(smoke profile autotune b128 largest small sampling fp32)
+for part in "${parts[@]}"; do
+    case $part in
+    smoke | profile | autotune | b128 | largest | small | sampling | fp32) ;;
+    *) echo "gpu_suite.sh: unknown part '$part'; choose from smoke profile autotune b128 largest small sampling fp32" >&2
+        exit 2 ;;
+    esac
+done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu.txt"
+python3 -c "import torch, diffusers, accelerate; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$LOGS/gpu.txt"
+for part in "${parts[@]}"; do
+    "$part"
+done
 cat "$LOGS/steps.txt"

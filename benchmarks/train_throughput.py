@@ -18,7 +18,6 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (
+    build_trainer,
     machine,
     matmul_gflops,
     peak_memory_mib,
@@ -45,21 +45,12 @@ def measure_one(preset: str, precision: str, options: argparse.Namespace) -> dic
     ours_flags, baseline_workers = options.ours_flags, options.baseline_workers
     from official_style import OfficialStyleTrainer
 
-    from ddpm_zoo.config import build_parser, resolve_config
-    from ddpm_zoo.training import LossMeter, Trainer
+    from ddpm_zoo.training import LossMeter
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    argv = ["--preset", preset, "--train_batch_size", str(batch), "--mixed_precision", precision]
-    argv += ["--max_train_steps", "1000000", "--logger", "none", "--output_dir", tempfile.mkdtemp()]
-    # The embedded digits, converted and resized to the model's shape, feed every preset: the cost of a
-    # step does not depend on pixel content, and this runs offline.
-    argv += ["--dataset_name", "mnist-5k", "--convert_channels", "--no-colorize"]
-    if unet_config:
-        argv += ["--model_config_name_or_path", unet_config]
-    argv += ours_flags.split()
     compile_start = time.perf_counter()
-    config = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
-    trainer = Trainer(config)
+    trainer = build_trainer(preset, precision, batch, ours_flags, unet_config)
+    config = trainer.config
     source = trainer_source(config)
     unet_dict = {k: v for k, v in trainer.unet.config.items() if not k.startswith("_")}
     baseline = OfficialStyleTrainer(

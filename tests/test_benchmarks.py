@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO_ROOT, write_tiny_unet_config
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import profile_step  # noqa: E402
 
 
 def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -55,3 +58,73 @@ def test_sampling_times_the_pipelines_training_saves(tmp_path):
     weights = {(r["scheduler"], r["steps"], r["guidance_scale"]) for r in results}
     assert ("dpmsolver", 20, 3.0) in weights and ("dpmsolver", 20, 0.0) in weights
     assert all(r["images_per_s_median"] > 0 and r["timed_steps"] == 1 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("name", "category"),
+    [
+        (
+            "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1"
+            "_g1_execute_segment_k_off_kernel__5x_cudnn",
+            "convolution",
+        ),
+        ("sm90_xmma_dgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "convolution"),
+        ("triton_tem_fused_convolution_0", "convolution"),
+        ("aten::convolution_backward", "convolution"),
+        ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", "matmul"),
+        (
+            "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off",
+            "matmul",
+        ),
+        ("splitKreduce_kernel", "matmul"),
+        ("triton_tem_fused_addmm_3", "matmul"),
+        ("aten::addmm", "matmul"),
+        (
+            "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4, cutlass::bfloat16_t>>",
+            "attention",
+        ),
+        ("fmha_cutlassB_bf16_aligned_64x64_k64_sm80(PyTorchMemEffAttention::AttentionBackwardKernel)", "attention"),
+        ("triton_per_fused_native_group_norm_silu_0", "fused (Inductor)"),
+        ("triton_poi_fused_convolution_1", "fused (Inductor)"),
+        ("Torch-Compiled Region: 0/0", "fused (Inductor)"),
+        (
+            "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float, false>",
+            "layout transforms",
+        ),
+        ("void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float, float>", "normalization"),
+        ("aten::native_group_norm_backward", "normalization"),
+        (
+            "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<TensorListMetadata<4>, "
+            "FusedAdamMathFunctor<float, 4>>",
+            "optimizer and EMA",
+        ),
+        ("Memcpy HtoD (Pageable -> Device)", "copies and fills"),
+        ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>", "copies and fills"),
+        (
+            "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>",
+            "other elementwise and reductions",
+        ),
+        ("cudaLaunchKernel", "other"),
+    ],
+)
+def test_profile_categories_of_real_kernel_names(name, category):
+    assert profile_step.categorise(name) == category
+
+
+def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
+    config = write_tiny_unet_config(tmp_path) / "config.json"
+    output = tmp_path / "profile.json"
+    result = run_benchmark(
+        "profile_step.py",
+        *("--preset", "mnist-tiny", "--unet_config", str(config), "--precision", "no", "--batch", "16"),
+        *("--warmup", "1", "--steps", "2", "--output", str(output)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    shares = {row["category"]: row["share_pct"] for row in report["categories"]}
+    assert sum(shares.values()) == pytest.approx(100, abs=0.5)
+    assert shares["convolution"] > 10 and "normalization" in shares and "optimizer and EMA" in shares
+    summary = report["summary"]
+    assert summary["busy_ms_per_step"] == pytest.approx(sum(r["ms_per_step"] for r in report["categories"]), abs=0.05)
+    assert summary["gflop_per_step"] > 0 and summary["mfu_pct"] > 0 and summary["matmul_like_rate_pct_of_peak"] > 0
+    assert "convolution" in result.stdout
