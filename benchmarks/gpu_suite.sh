@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's GPU rows, on a machine with one CUDA GPU. Name the parts to run, in order (default: all):
 #   smoke      a short bf16 training run of the real script (self-guided mnist-tiny), then sampling from it;
-#   profile    where cifar10-ddpm's bf16 step spends its time at batch 1024 (benchmarks/profile_step.py),
-#              compiled with --channels_last, then eager: the MFU gap split into kernel categories;
+#   profile    where cifar10-ddpm's bf16 step spends its time at batch 1024 (benchmarks/profile_step.py): compiled
+#              with --channels_last, the same with --no-cudnn_benchmark, compiled in NCHW;
 #   autotune   cifar10-ddpm bf16 at batch 1024, --compile_mode max-autotune-no-cudagraphs vs the baseline;
 #   b128       cifar10-ddpm bf16 at batch 128, ddpm-zoo vs the official-style baseline, interleaved: default
 #              flags, then --compile --channels_last --compile_mode reduce-overhead (CUDA graphs);
@@ -10,7 +10,8 @@
 #   small      mnist-tiny and colored-mnist bf16, default flags;
 #   sampling   images/s per scheduler;
 #   fp32       cifar10-ddpm without mixed precision, default flags.
-# Every step has its own time limit; a 15-minute device loan fits about "smoke profile autotune".
+# Every step has its own time limit; one device call (10 minutes at most) fits about "smoke profile", and
+# "autotune" (minutes of autotuning) wants a call of its own.
 # Each part's JSON lands in benchmarks/results/ (suffix -gpu) and its log in $LOGS (default /tmp/gpu-suite);
 # with ARCHIVE=path.tar.gz both are archived there after every step, so a cut-off run keeps what it measured.
 set -u
@@ -46,12 +47,15 @@ smoke() {
         --output_dir "$LOGS/smoke-samples"
 }
 
-profile() {
+profile() {  # the first compile is cold; the second reuses Inductor's cache (same graph)
     step profile-compiled 240 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
         --batch 1024 --ours_flags="--compile --channels_last" --trace "$LOGS/trace-compiled.json" \
-        --output profile_step-cifar10-bf16-b1024-compile-gpu.json
-    step profile-eager 90 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
-        --batch 1024 --output profile_step-cifar10-bf16-b1024-eager-gpu.json
+        --output profile_step-cifar10-bf16-b1024-compile-channels-last-gpu.json
+    step profile-no-cudnn-benchmark 150 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
+        --batch 1024 --ours_flags="--compile --channels_last --no-cudnn_benchmark" \
+        --output profile_step-cifar10-bf16-b1024-compile-channels-last-no-cudnn-benchmark-gpu.json
+    step profile-nchw 240 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
+        --batch 1024 --ours_flags="--compile" --output profile_step-cifar10-bf16-b1024-compile-nchw-gpu.json
     gzip -f "$LOGS"/trace-*.json 2>/dev/null
 }
 

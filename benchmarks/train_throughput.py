@@ -9,6 +9,10 @@ and the baseline on the same UNet config, data and batch size, then alternates t
 FLOPs per image (forward + backward, torch.utils.flop_counter), achieved FLOP/s as a share of the
 fp32 matmul rate measured in the same run (MFU), and peak memory.
 
+On a GPU, cuDNN keeps one algorithm per convolution shape and layout for the process, however it was chosen:
+where both sides run the same layout (ddpm-zoo without --channels_last), the baseline reuses the algorithms
+ddpm-zoo's --cudnn_benchmark timed during its warm-up, which flatters the baseline, not ddpm-zoo.
+
     python benchmarks/train_throughput.py                       # mnist-tiny, colored-mnist, cifar10-ddpm
     python benchmarks/train_throughput.py --unet_config benchmarks/configs/unet-1.7m-32px.json
 """
@@ -71,8 +75,14 @@ def measure_one(preset: str, precision: str, options: argparse.Namespace) -> dic
         float(meter.running)
 
     def run_baseline(n: int) -> None:
-        for _ in range(n):
-            baseline.step()
+        """The official example leaves cuDNN's heuristic algorithm choice on; ddpm-zoo times the candidates."""
+        ours_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            for _ in range(n):
+                baseline.step()
+        finally:
+            torch.backends.cudnn.benchmark = ours_benchmark
 
     timings = {"ddpm-zoo": [], "official-style": []}
     peaks = {"ddpm-zoo": 0.0, "official-style": 0.0}

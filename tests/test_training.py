@@ -193,3 +193,19 @@ def test_compile_mode_reaches_torch_compile(tmp_path, mode, cuda_graphs):
     argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path), compile_mode=mode) + ["--compile"]
     result = subprocess.run([sys.executable, "-c", COMPILER_CONFIG, *argv], capture_output=True, text=True, check=True)
     assert result.stdout.split()[-1] == cuda_graphs
+
+
+CUDNN_BENCHMARK = """
+import sys, torch
+from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.training import Trainer
+Trainer(resolve_config(build_parser(conditional=False).parse_args(sys.argv[1:]), conditional=False))
+print(torch.backends.cudnn.benchmark)
+"""
+
+
+@pytest.mark.parametrize("flag, benchmark", [([], "True"), (["--no-cudnn_benchmark"], "False")])
+def test_cudnn_benchmark_is_on_unless_turned_off(tmp_path, flag, benchmark):
+    argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path)) + flag
+    result = subprocess.run([sys.executable, "-c", CUDNN_BENCHMARK, *argv], capture_output=True, text=True, check=True)
+    assert result.stdout.split()[-1] == benchmark

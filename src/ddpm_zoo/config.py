@@ -75,6 +75,7 @@ class TrainingConfig:
     compile: bool = False
     compile_mode: str = "default"
     channels_last: bool = False
+    cudnn_benchmark: bool = True
     attention: str = "auto"
     num_cpu_threads: int | None = None
     seed: int = 0
@@ -200,6 +201,12 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
         "which removes the kernel-launch cost that bounds small batches on a GPU",
     )
     _bool_flag(optim, "channels_last", "channels_last memory format")
+    _bool_flag(
+        optim,
+        "cudnn_benchmark",
+        "on a GPU, let cuDNN time its convolution algorithms for the step's fixed shapes on first use and keep "
+        "the fastest (default on, as EDM's --bench; --no-cudnn_benchmark uses cuDNN's heuristic choice)",
+    )
     optim.add_argument(
         "--attention",
         choices=ATTENTION_KERNELS,

@@ -349,6 +349,7 @@ class Trainer:
         if self.accelerator.device.type == "cpu":
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             torch.set_num_threads(config.num_cpu_threads or max(1, cores // self.accelerator.num_processes))
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
         self.data = prepare_data(config, unet_config.get("in_channels", 3), self.accelerator, self.preset)
         set_seed(config.seed)
         self.labelled = config.conditional or config.self_guidance_clusters > 0
