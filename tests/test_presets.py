@@ -2,6 +2,7 @@
 
 import pytest
 from diffusers import UNet2DModel
+from diffusers.models.attention_processor import Attention
 
 from ddpm_zoo.config import build_parser, resolve_config
 from ddpm_zoo.errors import UserInputError
@@ -16,6 +17,8 @@ def test_cifar10_ddpm_is_the_paper_network():
     preset = get_preset("cifar10-ddpm")
     model = UNet2DModel(**preset.unet)
     assert parameter_count(model) == 35_746_307
+    attention = [module for module in model.modules() if isinstance(module, Attention)]
+    assert len(attention) == 6 and all(module.heads == 1 for module in attention)  # 2 down, 1 mid, 3 up
     assert model.config.dropout == 0.1
     assert preset.training["learning_rate"] == 2e-4
     assert preset.training["lr_warmup_steps"] == 5000
