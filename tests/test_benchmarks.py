@@ -19,17 +19,21 @@ def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
 
 
+def run_on_tiny_unet(tmp_path, script: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `script` on the test-sized UNet's config; return the process and the JSON it wrote."""
+    config = write_tiny_unet_config(tmp_path) / "config.json"
+    output = tmp_path / "result.json"
+    result = run_benchmark(script, "--unet_config", str(config), "--output", str(output), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads(output.read_text())
+
+
 def test_train_throughput_measures_both_trainers_on_the_self_guided_preset(tmp_path):
     """The mnist-tiny preset self-guides, so its UNet has class embeddings; the baseline must feed them too."""
-    config = write_tiny_unet_config(tmp_path) / "config.json"
-    output = tmp_path / "throughput.json"
-    result = run_benchmark(
-        "train_throughput.py",
-        *("--unet_config", str(config), "--precisions", "no", "--batch", "16"),
-        *("--rounds", "1", "--steps", "1", "--output", str(output)),
+    result, report = run_on_tiny_unet(
+        tmp_path, "train_throughput.py", "--precisions", "no", "--batch", "16", "--rounds", "1", "--steps", "1"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(output.read_text())["rows"]
+    rows = report["rows"]
     assert [row["trainer"] for row in rows] == ["ddpm-zoo", "official-style"]
     ours, baseline = rows
     assert ours["gflop_per_img"] == baseline["gflop_per_img"] > 0
@@ -112,15 +116,17 @@ def test_profile_categories_of_real_kernel_names(name, category):
 
 
 def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
-    config = write_tiny_unet_config(tmp_path) / "config.json"
-    output = tmp_path / "profile.json"
-    result = run_benchmark(
+    result, report = run_on_tiny_unet(
+        tmp_path,
         "profile_step.py",
-        *("--preset", "mnist-tiny", "--unet_config", str(config), "--precision", "no", "--batch", "16"),
-        *("--warmup", "1", "--steps", "2", "--output", str(output)),
+        "--preset",
+        "mnist-tiny",
+        "--precision",
+        "no",
+        "--batch",
+        "16",
+        *("--warmup", "1", "--steps", "2"),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(output.read_text())
     shares = {row["category"]: row["share_pct"] for row in report["categories"]}
     assert sum(shares.values()) == pytest.approx(100, abs=0.5)
     assert shares["convolution"] > 10 and "normalization" in shares and "optimizer and EMA" in shares
