@@ -13,7 +13,8 @@
 # Every step has its own time limit; one device call (10 minutes at most) fits about "smoke profile", and
 # "autotune" (minutes of autotuning) wants a call of its own.
 # Each part's JSON lands in benchmarks/results/ (suffix -gpu) and its log in $LOGS (default /tmp/gpu-suite);
-# with ARCHIVE=path.tar.gz both are archived there after every step, so a cut-off run keeps what it measured.
+# with ARCHIVE=path.tar.gz both are archived there after every step, so a cut-off run keeps what it measured
+# (the profile's gzipped Chrome trace is copied beside the archive instead).
 set -u
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-/tmp/gpu-suite}
@@ -28,7 +29,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step with a time limit, log 
     echo "== $name: exit $? after $((SECONDS - start)) s" | tee -a "$LOGS/steps.txt"
     tail -c 2000 "$LOGS/$name.log" | tr "\r" "\n" | tail -n 6
     if [ -n "${ARCHIVE:-}" ]; then
-        tar czf "$ARCHIVE" "$LOGS" benchmarks/results/*-gpu.json 2>/dev/null
+        tar czf "$ARCHIVE" --exclude='trace-*' "$LOGS" benchmarks/results/*-gpu.json 2>/dev/null
     fi
 }
 
@@ -57,6 +58,9 @@ profile() {  # the first compile is cold; the second reuses Inductor's cache (sa
     step profile-nchw 240 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
         --batch 1024 --ours_flags="--compile" --output profile_step-cifar10-bf16-b1024-compile-nchw-gpu.json
     gzip -f "$LOGS"/trace-*.json 2>/dev/null
+    if [ -n "${ARCHIVE:-}" ]; then  # beside the archive, where it fits the device tool's 16 MiB per file
+        find "$LOGS" -maxdepth 1 -name 'trace-*.json.gz' -size -15M -exec cp {} "$(dirname "$ARCHIVE")" \;
+    fi
 }
 
 autotune() {
