@@ -1,7 +1,7 @@
 """Where a training step's time goes: ddpm-zoo's optimizer step under torch.profiler, by kernel category.
 
 On a GPU every CUDA kernel of the profiled steps is put in one category (convolution, matmul, attention,
-fused Inductor/Triton kernels, normalization, optimizer, layout transforms, copies, other elementwise) and
+fused Inductor/Triton kernels, normalization, optimizer and EMA, layout transforms, copies, other elementwise) and
 the table shows device milliseconds per step and the share of the device's busy time; the summary gives the
 step's wall time, how much of it the device was idle, the step's MFU against the bf16 (GPU) or fp32 (CPU)
 matmul rate measured in the same run, and the rate the matmul-like work itself ran at (the model's FLOPs,
