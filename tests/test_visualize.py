@@ -55,7 +55,7 @@ def test_make_grid_keeps_its_layout():
 
 def test_to_pil_maps_model_space_to_pixels_and_upscale_is_nearest():
     gray = to_pil(torch.tensor([-1.0, 0.0, 1.0, 3.0]).view(1, 1, 2, 2))[0]
-    assert gray.mode == "L" and list(gray.getdata()) == [0, 128, 255, 255]
+    assert gray.mode == "L" and list(gray.tobytes()) == [0, 128, 255, 255]
     color = to_pil(torch.zeros(2, 3, 4, 4))
     assert color[0].mode == "RGB" and color[0].getpixel((0, 0)) == (128, 128, 128)
     big = upscale(gray, 3)
