@@ -134,3 +134,12 @@ def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
     assert summary["busy_ms_per_step"] == pytest.approx(sum(r["ms_per_step"] for r in report["categories"]), abs=0.05)
     assert summary["gflop_per_step"] > 0 and summary["mfu_pct"] > 0 and summary["matmul_like_rate_pct_of_peak"] > 0
     assert "convolution" in result.stdout
+
+
+def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
+    env = {**os.environ, "LOGS": str(tmp_path / "logs")}
+    command = ["bash", str(BENCHMARKS / "gpu_suite.sh"), "smoke", "profiel"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "gpu_suite.sh: unknown part 'profiel'; choose from smoke profile autotune" in result.stderr
+    assert not (tmp_path / "logs" / "steps.txt").exists()
