@@ -46,11 +46,18 @@ def build_trainer(preset: str, precision: str, batch: int, flags: str = "", unet
     return Trainer(resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False))
 
 
-def train_flops_per_image(model: torch.nn.Module, sample: torch.Tensor) -> float:
-    """FLOPs of one forward + backward pass per image, counted by torch.utils.flop_counter (with class
-    labels when the UNet has class embeddings)."""
-    zeros = torch.zeros(sample.shape[0], dtype=torch.long, device=sample.device)
-    class_labels = zeros if model.config.num_class_embeds else None
+def mfu_peak_gflops(device: str) -> float:
+    """The denominator of MFU: the measured matmul rate in fp32 on a CPU, in bf16 on a GPU."""
+    return matmul_gflops(device=device, dtype=torch.float32 if device == "cpu" else torch.bfloat16)
+
+
+def train_flops_per_image(model: torch.nn.Module) -> float:
+    """FLOPs of one forward + backward pass per image of the UNet's shape, counted by
+    torch.utils.flop_counter (with class labels when the UNet has class embeddings)."""
+    config, device = model.config, next(model.parameters()).device
+    sample = torch.randn(2, config.in_channels, config.sample_size, config.sample_size, device=device)
+    zeros = torch.zeros(sample.shape[0], dtype=torch.long, device=device)
+    class_labels = zeros if config.num_class_embeds else None
     with FlopCounterMode(display=False) as counter:
         model(sample, zeros, class_labels).sample.sum().backward()
     model.zero_grad(set_to_none=True)

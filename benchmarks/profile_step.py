@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build_trainer, machine, matmul_gflops, print_table, train_flops_per_image, write_json  # noqa: E402
+from common import build_trainer, machine, mfu_peak_gflops, print_table, train_flops_per_image, write_json  # noqa: E402
 
 # First match wins; patterns are searched in the lower-cased kernel or operator name. Inductor names its
 # kernels after the operators it fused (triton_poi_fused_convolution_0 is a bias add), except its max-autotune
@@ -67,7 +67,8 @@ def breakdown(events: list[tuple[str, float]], steps: int) -> tuple[list[dict], 
     per_category: dict[str, float] = {}
     per_name: dict[str, float] = {}
     for name, us in events:
-        per_category[categorise(name)] = per_category.get(categorise(name), 0.0) + us
+        category = categorise(name)
+        per_category[category] = per_category.get(category, 0.0) + us
         per_name[name] = per_name.get(name, 0.0) + us
     rows = [
         {"category": category, "ms_per_step": round(us / steps / 1e3, 3), "share_pct": round(100 * us / busy, 1)}
@@ -121,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         prof.export_chrome_trace(args.trace)
 
     rows, top = breakdown(timed_events(prof, device), args.steps)
-    unet = trainer.unet
-    sample = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, device=device)
-    flops_per_step = train_flops_per_image(unet, sample) * args.batch
-    peak = matmul_gflops(device=device, dtype=torch.float32 if device == "cpu" else torch.bfloat16) * 1e9
+    flops_per_step = train_flops_per_image(trainer.unet) * args.batch
+    peak = mfu_peak_gflops(device) * 1e9
     busy_s = sum(row["ms_per_step"] for row in rows) / 1e3
     matmul_like_s = sum(row["ms_per_step"] for row in rows if row["category"] in MATMUL_LIKE) / 1e3
     summary = {

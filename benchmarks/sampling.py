@@ -25,6 +25,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ddpm_zoo.config import TrainingConfig
+from ddpm_zoo.evaluation import default_guidance_scale, is_conditional
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS
 from ddpm_zoo.schedulers import make_scheduler
@@ -45,11 +46,6 @@ class Case:
     steps: int
     batch_size: int
     guidance_scale: float | None = None
-
-    @property
-    def conditional(self) -> bool:
-        """Whether the preset trains the class-conditional pipeline (sampled with labels 0-9 in turn)."""
-        return self.preset == CONDITIONAL_PRESET
 
 
 DEFAULT_CASES = (
@@ -116,7 +112,7 @@ def run_case(pipeline, case: Case, device: torch.device, max_timed_steps: int) -
         "output_type": "pt",
         "callback_on_step_end": stop_after,
     }
-    if case.conditional:
+    if is_conditional(pipeline):
         kwargs["class_labels"] = [i % 10 for i in range(case.batch_size)]
     else:
         kwargs["batch_size"] = case.batch_size
@@ -150,22 +146,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def guidance_used(pipeline, case: Case) -> float | None:
-    """The case's guidance weight, or the pipeline's default where it guides by default (None: unguided)."""
-    if case.guidance_scale is not None:
-        return case.guidance_scale
-    if isinstance(pipeline, UnconditionalDDPMPipeline) and (pipeline.self_guided or pipeline.guide_unet is not None):
-        return pipeline.default_guidance_scale
-    return None
-
-
-def summarise(case: Case, runs: list[tuple[float, int]], guidance_scale: float | None) -> dict:
-    """Median images/s over rounds, at the case's full step count."""
+def summarise(case: Case, runs: list[tuple[float, int]], pipeline) -> dict:
+    """Median images/s over rounds, at the case's full step count, with the guidance weight it sampled at
+    (the pipeline's default where the case gives none; None for an unguided pipeline)."""
     per_step = [seconds / steps for seconds, steps in runs]
     images_per_s = [case.batch_size / (s * case.steps) for s in per_step]
     return {
         **asdict(case),
-        "guidance_scale": guidance_scale,
+        "guidance_scale": default_guidance_scale(pipeline) if case.guidance_scale is None else case.guidance_scale,
         "timed_steps": runs[0][1],
         "extrapolated": runs[0][1] < case.steps,
         "seconds_per_step": per_step,
@@ -212,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             pipeline = pipelines[case.preset]
             runs[case].append(run_case(pipeline, case, device, args.max_timed_steps))
-    results = [summarise(case, runs[case], guidance_used(pipelines[case.preset], case)) for case in cases]
+    results = [summarise(case, runs[case], pipelines[case.preset]) for case in cases]
     print_table(results, gflops)
     report = {
         "device": str(device),

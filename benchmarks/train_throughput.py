@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (
     build_trainer,
     machine,
-    matmul_gflops,
+    mfu_peak_gflops,
     peak_memory_mib,
     print_table,
     reset_peak_memory,
@@ -100,9 +100,8 @@ def measure_one(preset: str, precision: str, options: argparse.Namespace) -> dic
                 torch.cuda.synchronize()
             timings[name].append((time.perf_counter() - start) / steps)
             peaks[name] = max(peaks[name], peak_memory_mib(device))
-    sample = torch.randn(2, unet_dict["in_channels"], unet_dict["sample_size"], unet_dict["sample_size"], device=device)
-    flops = train_flops_per_image(trainer.unet, sample)
-    peak = matmul_gflops(device=device) if device == "cpu" else matmul_gflops(device=device, dtype=torch.bfloat16)
+    flops = train_flops_per_image(trainer.unet)
+    peak = mfu_peak_gflops(device)
     rows = []
     for name in timings:
         step_s = statistics.median(timings[name])
