@@ -53,11 +53,24 @@ class DDPMPipelineBase(DiffusionPipeline):
         return self.numpy_to_pil(images)
 
     def check_common_inputs(
-        self, batch_size: int, num_inference_steps: int, output_type: str, tensor_inputs: list[str] | None
-    ) -> None:
-        """Reject a batch size or step count below 1, an unknown output type or callback tensor."""
+        self,
+        batch_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        num_inference_steps: int,
+        output_type: str,
+        tensor_inputs: list[str] | None,
+    ) -> torch.Generator | list[torch.Generator] | None:
+        """Reject a batch size or step count below 1, a list of generators of another length than the
+        batch, an unknown output type or callback tensor; return `generator`, a list of one unwrapped."""
         if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if isinstance(generator, list) and len(generator) == 1:
+            generator = generator[0]
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"You have passed a list of generators of length {len(generator)}, but requested an effective "
+                f"batch size of {batch_size}. Make sure the batch size matches the length of the generators."
+            )
         if not _is_integer(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if output_type not in ("pil", "np", "pt"):
@@ -65,6 +78,7 @@ class DDPMPipelineBase(DiffusionPipeline):
         unknown = set(tensor_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}.")
+        return generator
 
     def run_reverse_process(
         self,
@@ -143,6 +157,10 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
             check_cluster_sizes(cluster_sizes, unet)
             if guide_unet is not None:
                 raise ValueError("A pipeline is either autoguided (`guide_unet`) or self-guided (`cluster_sizes`).")
+        elif guide_unet is None and autoguidance_scale != 1:
+            raise ValueError(
+                f"`autoguidance_scale` {autoguidance_scale!r} needs a `guide_unet`; without one it must be 1."
+            )
         self.register_modules(unet=unet, scheduler=scheduler, guide_unet=guide_unet)
         self.register_to_config(
             autoguidance_scale=autoguidance_scale,
@@ -177,7 +195,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         images), so the mixture over clusters is the data distribution."""
         sizes = torch.tensor(self.config.cluster_sizes, dtype=torch.float64)
         if isinstance(generator, list):
-            draws = [torch.multinomial(sizes.to(g.device), 1, generator=g).cpu() for g in generator[:batch_size]]
+            draws = [torch.multinomial(sizes.to(g.device), 1, generator=g).cpu() for g in generator]
             clusters = torch.cat(draws)
         else:
             device = generator.device if generator is not None else torch.device("cpu")
@@ -191,7 +209,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         if guidance_scale != 1 and self.guide_unet is None and not self.self_guided:
             raise ValueError(
                 f"`guidance_scale` {guidance_scale!r} needs a `guide_unet` for autoguidance; this pipeline has "
-                "none, so only 1 (or None) is possible."
+                "none, so only 1 is possible."
             )
         return float(guidance_scale)
 
@@ -230,7 +248,9 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
-        self.check_common_inputs(batch_size, num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
+        generator = self.check_common_inputs(
+            batch_size, generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
+        )
         guidance_scale = self.resolve_guidance_scale(guidance_scale)
         if self.self_guided:
             clusters = self.draw_clusters(batch_size, generator)
@@ -273,6 +293,8 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: str | None = None):
         super().__init__()
+        if class_names is not None and not isinstance(class_names, str):
+            raise ValueError(f"`class_names` must be one comma-separated string, got {class_names!r}.")
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=class_names)
 
@@ -282,20 +304,20 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         num_class_embeds = getattr(self.unet.config, "num_class_embeds", None)
         if not num_class_embeds or num_class_embeds < 2:
             raise ValueError(
-                "This UNet has no class embeddings (`num_class_embeds` is unset); "
-                "use `UnconditionalDDPMPipeline` for it."
+                f"This UNet has `num_class_embeds` {num_class_embeds!r}; classifier-free guidance needs at least "
+                "one class plus the null class (2). Use `UnconditionalDDPMPipeline` for an unconditional UNet."
             )
         return num_class_embeds - 1
 
     @property
     def labels(self) -> list[str]:
         """The class names in index order (empty when the model has none)."""
-        return self.config.class_names.split(",") if self.config.class_names else []
+        return [name.strip() for name in self.config.class_names.split(",")] if self.config.class_names else []
 
     def class_index(self, label: int | str) -> int:
         """One label -> its class index: an int in range, a class name (any case) or a decimal string."""
         if isinstance(label, str):
-            names = [name.strip().lower() for name in self.labels]
+            names = [name.lower() for name in self.labels]
             key = label.strip().lower()
             if key in names:
                 return names.index(key)
@@ -309,8 +331,11 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
             raise ValueError(f"Class label {label!r} is outside this model's classes 0..{self.num_classes - 1}.")
         return int(label)
 
-    def encode_class_labels(self, class_labels: int | str | list[int | str] | torch.Tensor) -> torch.Tensor:
-        """Turn ints or class names into a tensor of class indices, checking each is in range."""
+    def encode_class_labels(
+        self, class_labels: int | str | list[int | str] | torch.Tensor, batch_size: int | None = None
+    ) -> torch.Tensor:
+        """Turn ints or class names into a tensor of class indices, checking each is in range; with
+        `batch_size`, a single label is repeated that many times and a list must have that length."""
         if isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.flatten().tolist()
         if isinstance(class_labels, (str, numbers.Number)):
@@ -318,6 +343,16 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         indices = [self.class_index(label) for label in class_labels]
         if not indices:
             raise ValueError("`class_labels` must name at least one class.")
+        if batch_size is not None:
+            if not _is_integer(batch_size) or batch_size < 1:
+                raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+            if len(indices) == 1:
+                indices = indices * batch_size
+            elif len(indices) != batch_size:
+                raise ValueError(
+                    f"`batch_size` {batch_size} differs from the {len(indices)} `class_labels` given; pass one "
+                    "label to repeat it, or one per image."
+                )
         return torch.tensor(indices, device=self._execution_device, dtype=torch.long)
 
     def guided_prediction(
@@ -337,9 +372,10 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         return_dict: bool = True,
         callback_on_step_end: Callable[["ClassConditionalDDPMPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        batch_size: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
-        Generate one image per entry of `class_labels`.
+        Generate one image per entry of `class_labels` (or `batch_size` images of one class).
 
         Args:
             class_labels (`int`, `str`, `list` or `torch.Tensor`, defaults to 0): the class of each image,
@@ -349,13 +385,17 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
                 colored-mnist preset, 3 gave conditional digit accuracy 0.995 against 0.84 at 1.
             generator, num_inference_steps, output_type, return_dict, callback_on_step_end,
             callback_on_step_end_tensor_inputs: as in [`UnconditionalDDPMPipeline`].
+            batch_size (`int`, *optional*): number of images; a single `class_labels` entry is repeated
+                this many times, a list must have this length. Defaults to one image per label.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images, in the order of `class_labels`.
         """
-        labels = self.encode_class_labels(class_labels)
+        labels = self.encode_class_labels(class_labels, batch_size)
         check_guidance_scale(guidance_scale)
-        self.check_common_inputs(len(labels), num_inference_steps, output_type, callback_on_step_end_tensor_inputs)
+        generator = self.check_common_inputs(
+            len(labels), generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
+        )
         return self.run_reverse_process(
             len(labels),
             lambda model_input, t: self.guided_prediction(model_input, t, labels, guidance_scale),

@@ -41,9 +41,30 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_make_scheduler_keeps_the_training_schedule(scheduler):
+    """Same betas and prediction type; the fast samplers start at t = T - 1 ("trailing"), and the multistep
+    solvers bound x_0 to [-1, 1] by thresholding where the training config clips it there."""
+    config = DDPMScheduler(
+        num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=True
+    ).config
+    made = make_scheduler(scheduler, config).config
+    assert (made.num_train_timesteps, made.beta_schedule, made.prediction_type) == (
+        500,
+        "squaredcos_cap_v2",
+        "v_prediction",
+    )
+    assert made.timestep_spacing == ("leading" if scheduler == "ddpm" else "trailing")
+    thresholds = scheduler in ("dpmsolver", "unipc")
+    assert made.get("thresholding", False) == thresholds
+    if thresholds:
+        assert made.sample_max_value == 1.0
+        wider = DDPMScheduler(clip_sample=True, clip_sample_range=2.0).config
+        assert not make_scheduler(scheduler, wider).config.thresholding  # it would rescale, not clip, to [-2, 2]
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_every_scheduler_swaps_in_via_from_config(scheduler):
     pipeline = unconditional(scheduler)
-    assert type(pipeline.scheduler).__name__ == SCHEDULERS[scheduler][0].__name__
     images = pipeline(batch_size=2, num_inference_steps=STEPS, generator=seeded(), output_type="np").images
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
     guided = conditional(scheduler)(
@@ -107,6 +128,13 @@ def test_bad_class_labels(labels, message):
         conditional()(class_labels=labels, num_inference_steps=1)
 
 
+def test_class_names_are_one_string_and_their_spaces_are_dropped():
+    pipeline = conditional(class_names="cat, dog")
+    assert pipeline.labels == ["cat", "dog"] and pipeline.class_index(" Dog") == 1
+    with pytest.raises(ValueError, match="one comma-separated string"):
+        conditional(class_names=["cat", "dog"])
+
+
 def test_names_need_class_names():
     with pytest.raises(ValueError, match="none \\(use integers\\)"):
         conditional(class_names=None)(class_labels="seven", num_inference_steps=1)
@@ -134,10 +162,44 @@ def test_bad_common_inputs(kwargs, message):
         unconditional()(**{"num_inference_steps": 1, **kwargs})
 
 
-def test_conditional_pipeline_needs_class_embeddings():
-    pipeline = ClassConditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler())
-    with pytest.raises(ValueError, match="no class embeddings"):
+@pytest.mark.parametrize("num_class_embeds", [None, 1])
+def test_conditional_pipeline_needs_class_embeddings(num_class_embeds):
+    unet = tiny_unet(1, 8, num_class_embeds=num_class_embeds)
+    pipeline = ClassConditionalDDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match=f"has `num_class_embeds` {num_class_embeds}; .* null class"):
         pipeline(class_labels=[0], num_inference_steps=1)
+
+
+def test_conditional_batch_size_repeats_one_label():
+    pipeline = conditional("ddim")
+    kwargs = {"num_inference_steps": STEPS, "output_type": "pt"}
+    repeated = pipeline(class_labels="seven", batch_size=3, generator=[seeded(1), seeded(2), seeded(3)], **kwargs)
+    listed = pipeline(class_labels=[7, 7, 7], generator=[seeded(1), seeded(2), seeded(3)], **kwargs)
+    assert repeated.images.shape == (3, 3, 8, 8)
+    torch.testing.assert_close(repeated.images, listed.images)
+    assert pipeline(class_labels=[1, 2], batch_size=2, **kwargs).images.shape[0] == 2
+    with pytest.raises(ValueError, match="`batch_size` 3 differs from the 2 `class_labels`"):
+        pipeline(class_labels=[1, 2], batch_size=3, num_inference_steps=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline(class_labels=1, batch_size=0, num_inference_steps=1)
+
+
+def test_a_list_of_generators_must_match_the_batch():
+    """As diffusers: one generator per image, or a list of one standing for a single generator."""
+    kwargs = {"num_inference_steps": STEPS, "output_type": "pt"}
+    guided = self_guided([2, 3])
+    torch.testing.assert_close(
+        guided(batch_size=3, generator=[seeded(4)], **kwargs).images,
+        guided(batch_size=3, generator=seeded(4), **kwargs).images,
+    )
+    for call in (
+        lambda: guided(batch_size=3, generator=[seeded(1), seeded(2)], **kwargs),
+        lambda: guided(batch_size=2, generator=[seeded(1), seeded(2), seeded(3)], **kwargs),
+        lambda: unconditional()(batch_size=3, generator=[seeded(1), seeded(2)], **kwargs),
+        lambda: conditional()(class_labels=[1, 2, 3], generator=[seeded(1), seeded(2)], **kwargs),
+    ):
+        with pytest.raises(ValueError, match="list of generators of length"):
+            call()
 
 
 def test_callback_sees_every_step_down_to_t0_and_may_replace_latents():
@@ -225,6 +287,11 @@ def test_guidance_scale_defaults_to_the_saved_scale_and_one_skips_the_guide():
 def test_bad_autoguidance_scale(guidance_scale):
     with pytest.raises(ValueError, match="guidance_scale"):
         autoguided()(batch_size=1, num_inference_steps=1, guidance_scale=guidance_scale)
+
+
+def test_an_autoguidance_scale_without_a_guide_unet_is_refused():
+    with pytest.raises(ValueError, match="`autoguidance_scale` 3.0 needs a `guide_unet`"):
+        UnconditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler(), autoguidance_scale=3.0)
 
 
 def test_guidance_without_a_guide_unet_is_refused():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from diffusers import ConfigMixin, DDPMScheduler, ModelMixin
+from diffusers import ConfigMixin, DDPMScheduler, EulerDiscreteScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
@@ -258,8 +258,18 @@ def test_other_prediction_types(scheduler, steps, prediction_type):
 
 def test_sigma_schedulers_start_at_their_first_timestep():
     """Euler with "leading" spacing starts below t=999: x_T must be scaled by the sigma of the first
-    timestep actually used, i.e. after `set_timesteps` (regression: drawn before, the variance was 4x)."""
-    check_sampler(gaussian_pipeline("euler", timestep_spacing="leading"), 20, 0.20)
+    timestep actually used, i.e. after `set_timesteps` (regression: drawn before, the variance was 2.6x).
+    `make_scheduler` would give Euler "trailing" spacing, so the scheduler is built here."""
+
+    def leading_euler() -> EulerDiscreteScheduler:
+        return EulerDiscreteScheduler.from_config(scheduler_config(), timestep_spacing="leading")
+
+    probe = leading_euler()
+    sigma_before = probe.init_noise_sigma
+    probe.set_timesteps(20)
+    assert probe.timesteps[0] < 999 and probe.init_noise_sigma < 0.7 * sigma_before  # the order matters here
+    pipeline = UnconditionalDDPMPipeline(unet=gaussian_denoiser(MEANS, STDS), scheduler=leading_euler())
+    check_sampler(pipeline, 20, 0.20)
 
 
 def test_forward_process_matches_q_xt_given_x0():

@@ -514,13 +514,6 @@ def is_digit_model(pipeline) -> bool:
     return names == DIGIT_NAMES or height_width == (DIGIT_SIZE, DIGIT_SIZE)
 
 
-def scheduler_name(scheduler) -> str:
-    """The ddpm-zoo name of a scheduler instance ('ddpm', 'ddim', ...), else its class name."""
-    from ddpm_zoo.schedulers import SCHEDULERS
-
-    return next((name for name, (cls, _) in SCHEDULERS.items() if type(scheduler) is cls), type(scheduler).__name__)
-
-
 def balanced_labels(count: int, classes: int) -> torch.Tensor:
     """0, 1, ..., classes-1, 0, 1, ...: every class equally often (to within one)."""
     return torch.arange(count) % classes
@@ -678,6 +671,8 @@ def _evaluate_setting(
     context: EvaluationContext,
     progress: bool,
 ) -> dict[str, Any]:
+    from ddpm_zoo.schedulers import scheduler_name
+
     labels, colors = requested_labels(pipeline, num_samples, seed)
     if not takes_guidance(pipeline):
         guidance_scale = None
@@ -687,7 +682,7 @@ def _evaluate_setting(
         pipeline, num_samples, batch_size, num_inference_steps, seed, labels, guidance_scale, colors, progress
     )
     row: dict[str, Any] = {
-        "scheduler": scheduler_name(pipeline.scheduler),
+        "scheduler": scheduler_name(pipeline.scheduler) or type(pipeline.scheduler).__name__,
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
         "num_samples": num_samples,
@@ -756,10 +751,6 @@ TABLE_COLUMNS = (
 def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
     """Rows as a fixed-width text table (Markdown-compatible); columns no row has are left out."""
     columns = [c for c in TABLE_COLUMNS if any(row.get(c[0]) is not None for row in rows)]
-    if any(row.get("guidance_scale") is None for row in rows) and not any(
-        row.get("guidance_scale") is not None for row in rows
-    ):
-        columns = [c for c in columns if c[0] != "guidance_scale"]
     widths = [max(len(title), 9) for _, title, _ in columns]
     lines = []
     if header:

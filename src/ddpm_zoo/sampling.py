@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import takes_guidance
 from ddpm_zoo.presets import DIGIT_NAMES
-from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
+from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from ddpm_zoo.visualize import (
     forward_strip,
-    is_conditional,
+    has_named_classes,
     reverse_animation,
     reverse_grid,
     sample_grid,
@@ -45,17 +45,9 @@ def default_device() -> str:
     return "cpu"
 
 
-def scheduler_name(pipeline: DiffusionPipeline) -> str | None:
-    """The `make_scheduler` name of the pipeline's current scheduler, if it is one of ours."""
-    for name, (scheduler_class, _) in SCHEDULERS.items():
-        if type(pipeline.scheduler).__name__ == scheduler_class.__name__:
-            return name
-    return None
-
-
 def default_steps(pipeline: DiffusionPipeline) -> int:
     """The usual number of steps for the pipeline's scheduler (1000 for DDPM, 20-50 for the others)."""
-    return DEFAULT_STEPS.get(scheduler_name(pipeline) or "ddim", 50)
+    return DEFAULT_STEPS.get(scheduler_name(pipeline.scheduler) or "ddim", 50)
 
 
 def load_pipeline(model: str, device: str | None = None, scheduler: str | None = None) -> DiffusionPipeline:
@@ -109,7 +101,7 @@ def image_labels(
 ) -> list[int] | None:
     """Class index of each image: `class_labels` repeated to `num_images` (default: every class once).
     None for an unconditional pipeline, where class labels are an error."""
-    if not is_conditional(pipeline):
+    if not has_named_classes(pipeline):
         if class_labels:
             raise UserInputError("this model is unconditional; --class_labels needs a class-conditional one")
         return None
@@ -123,7 +115,7 @@ def image_labels(
 
 def label_names(pipeline: DiffusionPipeline, indices: Sequence[int]) -> list[str]:
     """Class names where the model has them, else the indices as text."""
-    names = pipeline.labels if is_conditional(pipeline) else []
+    names = pipeline.labels if has_named_classes(pipeline) else []
     return [names[i] if i < len(names) else str(i) for i in indices]
 
 

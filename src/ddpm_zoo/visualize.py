@@ -201,8 +201,10 @@ def model_space(scheduler, latents: torch.Tensor) -> torch.Tensor:
     return latents / (sigma**2 + 1).sqrt()
 
 
-def is_conditional(pipeline) -> bool:
-    """True for ddpm-zoo's class-conditional pipeline (also when loaded as Hub remote code)."""
+def has_named_classes(pipeline) -> bool:
+    """True for ddpm-zoo's class-conditional pipeline (also when loaded as Hub remote code), whose
+    `class_index`, `labels` and `num_classes` turn names into indices and back; a generic pipeline that
+    merely takes `class_labels` (`evaluation.is_conditional`) has none of these."""
     return hasattr(pipeline, "encode_class_labels")
 
 
@@ -245,7 +247,7 @@ def _call_kwargs(pipeline, class_labels: Sequence[int | str] | None, num_rows: i
     """Pipeline arguments and row labels: one row per class (conditional) or per sample; a `guidance_scale`
     of None keeps the pipeline's default (classifier-free guidance, autoguidance or self-guidance)."""
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
-    if is_conditional(pipeline):
+    if has_named_classes(pipeline):
         labels = list(class_labels) if class_labels else list(range(pipeline.num_classes))
         indices = [pipeline.class_index(label) for label in labels]
         names = pipeline.labels
@@ -299,7 +301,7 @@ def reverse_animation(
     columns = min(len(labels), 10)
     pictures = []
     for step, t, frame in zip(steps, timesteps, frames, strict=True):
-        grid = sample_grid(to_pil(frame), labels if is_conditional(pipeline) else None, columns, scale)
+        grid = sample_grid(to_pil(frame), labels if has_named_classes(pipeline) else None, columns, scale)
         pictures.append(annotated_table([[grid]], title=f"step {step}/{num_inference_steps}   t={t}"))
     frame_ms = round(1000 / fps)
     durations = [frame_ms] * (len(pictures) - 1) + [max(frame_ms, round(hold_last_s * 1000))]
