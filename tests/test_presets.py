@@ -57,6 +57,14 @@ def test_command_line_overrides_preset_defaults():
     assert config.output_dir == "ddpm-cifar10-ddpm-output"
 
 
+def test_push_to_hub_defaults_the_repo_to_the_output_folder_name():
+    """As diffusers' example: --push_to_hub without --hub_model_id pushes to the output folder's name."""
+    parse = build_parser(conditional=False).parse_args
+    config = resolve_config(parse(["--push_to_hub", "--output_dir", "runs/my-digits"]), conditional=False)
+    assert config.hub_model_id == "my-digits"
+    assert resolve_config(parse(["--output_dir", "runs/x"]), conditional=False).hub_model_id is None
+
+
 def test_conditional_script_defaults_to_colored_mnist():
     config = resolve_config(build_parser(conditional=True).parse_args([]), conditional=True)
     assert config.preset == "colored-mnist"
@@ -75,7 +83,7 @@ def test_boolean_options_can_be_switched_off():
     [
         (["--train_batch_size", "0"], "--train_batch_size must be at least 1"),
         (["--learning_rate", "-1"], "--learning_rate must be positive"),
-        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--push_to_hub", "--hub_model_id", "bad//id"], "invalid repo id 'bad//id'"),
         (["--autoguidance_scale", "-1"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_scale", "nan"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_guide_fraction", "1"], "--autoguidance_guide_fraction must be between 0 and 1"),

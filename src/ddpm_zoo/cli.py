@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "huggingface_hub", "diffusers"):
+    for noisy in ("httpx", "httpx2", "huggingface_hub", "diffusers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components"; our commands draw their own bars
     try:

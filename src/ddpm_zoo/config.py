@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.hub import check_push_target
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -233,7 +234,7 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     out.add_argument("--logging_dir")
     hub = parser.add_argument_group("Hugging Face Hub")
     _bool_flag(hub, "push_to_hub", "push the final pipeline folder to the Hub")
-    hub.add_argument("--hub_model_id")
+    hub.add_argument("--hub_model_id", help="the Hub repo to push to (default: --output_dir's folder name)")
     _bool_flag(hub, "hub_private_repo", "create the Hub repo as private")
     hub.add_argument("--hub_token")
     _bool_flag(parser, "debug", "show full tracebacks")
@@ -255,7 +256,7 @@ def load_unet_config(path: str) -> dict[str, Any]:
 
 
 def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfig:
-    """Preset defaults, then every option the user gave; derived values (output_dir) filled in."""
+    """Preset defaults, then every option the user gave; derived values (output_dir, hub_model_id) filled in."""
     preset = get_preset(args.preset)
     values: dict[str, Any] = {**preset.training}
     values.update({key: value for key, value in vars(args).items() if value is not None})
@@ -266,6 +267,8 @@ def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfi
     if values.get("output_dir") is None:
         suffix = "-cond" if conditional and preset.name != CONDITIONAL_PRESET else ""
         values["output_dir"] = f"ddpm-{preset.name}{suffix}-output"
+    if values.get("push_to_hub") and not values.get("hub_model_id"):  # as diffusers' example: the folder's name
+        values["hub_model_id"] = Path(values["output_dir"]).resolve().name
     config = TrainingConfig(**values)
     validate(config)
     return config
@@ -298,8 +301,8 @@ def validate(config: TrainingConfig) -> None:
         )
     if not 0 <= config.cond_drop_prob < 1:
         raise UserInputError(f"--cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
-    if config.push_to_hub and not config.hub_model_id:
-        raise UserInputError("--push_to_hub needs --hub_model_id (e.g. your-name/mnist-ddpm)")
+    if config.push_to_hub:
+        check_push_target(config.hub_model_id, None)
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import diffusers
 from diffusers import DiffusionPipeline
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     HFValidationError,
+    HTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -262,25 +265,50 @@ def render_model_card(
         return ModelCard.from_template(data, template_path=str(path), **context)
 
 
-def refresh_model_card(folder: str | os.PathLike, eval_results: list[EvalResult]) -> Path | None:
-    """Re-render a trained folder's README.md with evaluation results in its model-index.
-
-    Needs the `training_summary.json` that training writes (its `card` entry); returns None without it.
-    """
-    folder = Path(folder)
+def _recorded_training(folder: Path) -> dict | None:
+    """The `training_summary.json` training wrote beside the pipeline, if it has the card's summary."""
     summary_path = folder / "training_summary.json"
     if not summary_path.exists():
         return None
     recorded = json.loads(summary_path.read_text())
-    if "card" not in recorded:
+    return recorded if "card" in recorded else None
+
+
+def _replace_file(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def refresh_model_card(
+    folder: str | os.PathLike, eval_results: list[EvalResult] | None, repo_id: str | None = None
+) -> Path | None:
+    """Re-render a trained folder's README.md with evaluation results in its model-index (and, given
+    `repo_id`, for that Hub repo, recorded in `training_summary.json`).
+
+    Needs the `training_summary.json` that training writes (its `card` entry); returns None without it.
+    """
+    folder = Path(folder)
+    recorded = _recorded_training(folder)
+    if recorded is None:
         return None
+    if repo_id is not None:
+        recorded["hub_model_id"] = repo_id
+        _replace_file(folder / "training_summary.json", json.dumps(recorded, indent=2))
     fields = {**recorded["card"], "class_names": tuple(recorded["card"].get("class_names", ()))}
     card = render_model_card(TrainingSummary(**fields), recorded.get("hub_model_id"), eval_results)
     readme = folder / "README.md"
-    staging = readme.with_name(".README.md.tmp")
-    staging.write_text(str(card))
-    os.replace(staging, readme)
+    _replace_file(readme, str(card))
     return readme
+
+
+def retarget_model_card(folder: Path, repo_id: str) -> None:
+    """Point a trained folder's card (title, `from_pretrained` snippet) at `repo_id`, keeping its model-index."""
+    recorded = _recorded_training(folder)
+    if recorded is None or recorded.get("hub_model_id") == repo_id or not (folder / "README.md").is_file():
+        return
+    eval_results = ModelCard.load(folder / "README.md").data.eval_results
+    refresh_model_card(folder, eval_results, repo_id)
 
 
 # ----------------------------------------------------------------------------------------------- push
@@ -358,14 +386,40 @@ def check_push_target(repo_id: str, revision: str | None) -> None:
         raise UserInputError(f"--revision must name a branch to push to, not {revision!r}")
 
 
-def hub_error_message(error: HfHubHTTPError, repo_id: str) -> str:
-    """One line for a failed Hub call; a hint about tokens where the Hub refused access."""
+def hub_error_message(error: HTTPError | OfflineModeIsEnabled, repo_id: str) -> str:
+    """One line for a failed Hub call: the Hub's answer (with a hint about tokens where it refused access),
+    or why it could not be reached."""
+    if not isinstance(error, HfHubHTTPError):
+        return f"cannot reach the Hub at {constants.ENDPOINT} to push to {repo_id}: {_first_line(error)}"
     status = error.response.status_code if error.response is not None else None
-    detail = (getattr(error, "server_message", None) or str(error)).strip().splitlines()[0]
+    detail = (getattr(error, "server_message", None) or str(error)).strip().splitlines()[0].rstrip(".;")
     message = f"pushing to {repo_id} failed ({status}): {detail}"
     if status in (401, 403):
         message += "; log in with `hf auth login` or set HF_TOKEN to a token with write access"
     return message
+
+
+def create_push_repo(repo_id: str, private: bool = False, token: str | None = None, revision: str | None = None) -> str:
+    """Create the Hub repo `repo_id` (and branch `revision`) if needed and return its full id (`user/name`).
+
+    `private` creates it private and refuses an existing public repo; without it the Hub's default applies
+    (public, or private where the organisation says so). Training calls this before its first step, as
+    diffusers' example does, so a bad id, token or permission fails before hours of training.
+    """
+    check_push_target(repo_id, revision)
+    api = HfApi(token=token)
+    try:
+        full_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
+        if private and not api.repo_info(full_id).private:
+            raise UserInputError(
+                f"{full_id} already exists and is public; --private does not change the visibility of an "
+                "existing repo: make it private in its settings first, or push without --private"
+            )
+        if revision is not None:
+            api.create_branch(full_id, branch=revision, exist_ok=True)
+    except (HTTPError, OfflineModeIsEnabled) as error:
+        raise UserInputError(hub_error_message(error, repo_id)) from None
+    return full_id
 
 
 def push_pipeline_folder(
@@ -381,24 +435,18 @@ def push_pipeline_folder(
     Only the pipeline's files go (model_index.json, pipeline.py, README.md, its component folders and
     samples/); checkpoints, logs, optimizer state, pickles and hidden folders never do. `revision` is a
     branch, created from `main` when new. `private` creates the repo private and refuses to push to an
-    existing public one. The token is passed to huggingface_hub only; it is never logged or written.
+    existing public one. A card that training wrote for another repo id is re-rendered for this one first.
+    The token is passed to huggingface_hub only; it is never logged or written.
     """
     folder = Path(folder)
     files = publishable_files(folder)
     check_push_target(repo_id, revision)
     allow, delete = push_patterns(read_model_index(folder))
-    api = HfApi(token=token)
+    repo_id = create_push_repo(repo_id, private, token, revision)
+    retarget_model_card(folder, repo_id)
+    logger.info("pushing %d files from %s to %s", len(files), folder, repo_id)
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if private and not api.repo_info(repo_id).private:
-            raise UserInputError(
-                f"{repo_id} already exists and is public; --private does not change the visibility of an "
-                "existing repo: make it private in its settings first, or push without --private"
-            )
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        logger.info("pushing %d files from %s to %s", len(files), folder, repo_id)
-        info = api.upload_folder(
+        info = HfApi(token=token).upload_folder(
             folder_path=folder,
             repo_id=repo_id,
             revision=revision,
@@ -407,7 +455,7 @@ def push_pipeline_folder(
             ignore_patterns=PUSH_IGNORE_PATTERNS,
             delete_patterns=delete,
         )
-    except HfHubHTTPError as error:
+    except (HTTPError, OfflineModeIsEnabled) as error:
         raise UserInputError(hub_error_message(error, repo_id)) from None
     logger.info("pushed %s at commit %s", repo_id, info.oid)
     return info.oid
@@ -433,7 +481,20 @@ def download_pipeline(name_or_path: str, revision: str | None = None, token: str
         ) from None
     except RevisionNotFoundError:
         raise UserInputError(f"{name_or_path} has no revision {revision!r}") from None
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        raise UserInputError(f"downloading {name_or_path} failed ({status}): {_first_line(error)}") from None
+    except (LocalEntryNotFoundError, HTTPError, OfflineModeIsEnabled) as error:
+        raise UserInputError(
+            f"cannot download {name_or_path} from the Hub at {constants.ENDPOINT}, and no complete copy is in the "
+            f"local cache: {_first_line(error)}"
+        ) from None
     return Path(folder)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_pipeline(name_or_path: str, revision: str | None = None, token: str | None = None) -> DiffusionPipeline:

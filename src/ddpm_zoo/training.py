@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
@@ -47,7 +47,13 @@ from ddpm_zoo.checkpoints import (
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import TrainingSummary, render_model_card, save_pipeline_folder
+from ddpm_zoo.hub import (
+    TrainingSummary,
+    create_push_repo,
+    push_pipeline_folder,
+    render_model_card,
+    save_pipeline_folder,
+)
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.schedulers import make_scheduler
@@ -364,6 +370,7 @@ class Trainer:
         self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
         self.guide_step = guide_step(config, self.max_train_steps)
         self.guide_unet: UNet2DModel | None = None
+        self.hub_repo_id = prepare_push_repo(config, self.accelerator)
         self._build_optimization()
 
     def _build_optimization(self) -> None:
@@ -530,8 +537,8 @@ class Trainer:
             self_guidance_clusters=len(self.data.cluster_sizes) or None,
             self_guidance_scale=config.self_guidance_scale if self.data.cluster_sizes else None,
         )
-        card = render_model_card(card_summary, repo_id=config.hub_model_id)
-        summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": config.hub_model_id}
+        card = render_model_card(card_summary, repo_id=self.hub_repo_id)
+        summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": self.hub_repo_id}
         extra = {
             "samples/grid.png": buffer.getvalue(),
             "README.md": str(card).encode(),
@@ -727,16 +734,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def prepare_push_repo(config: TrainingConfig, accelerator: Accelerator) -> str | None:
+    """With --push_to_hub, create the Hub repo before the first step (as diffusers' example does), so a bad
+    id, token or an unreachable Hub fails now, and return its full id for the card; every process learns
+    the outcome, so none waits for a main process that gave up."""
+    if not config.push_to_hub:
+        return None
+    outcome: list[tuple[str, str] | None] = [None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [("repo", create_push_repo(config.hub_model_id, config.hub_private_repo, config.hub_token))]
+        except UserInputError as error:
+            outcome = [("error", str(error))]
+    broadcast_object_list(outcome, from_process=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise UserInputError(value)
+    return value
+
+
 def run_training(config: TrainingConfig) -> dict:
     """Train, save the pipeline folder, and push it when asked."""
     trainer = Trainer(config)
     summary = trainer.train()
-    if config.push_to_hub and trainer.accelerator.is_main_process:
-        from ddpm_zoo.hub import push_pipeline_folder
-
-        push_pipeline_folder(
-            config.output_dir, config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
-        )
+    if trainer.hub_repo_id is not None and trainer.accelerator.is_main_process:
+        try:
+            push_pipeline_folder(
+                config.output_dir, trainer.hub_repo_id, private=config.hub_private_repo, token=config.hub_token
+            )
+        except UserInputError as error:
+            raise UserInputError(
+                f"{error}; the trained pipeline is saved in {config.output_dir}: push it later with "
+                f"`ddpm-zoo push {config.output_dir} {trainer.hub_repo_id}`"
+            ) from None
     return summary
 
 
@@ -744,7 +774,7 @@ def main(argv: list[str] | None, conditional: bool) -> int:
     """Entry point of both training scripts: one line and exit 2 for bad input."""
     args = build_parser(conditional).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("accelerate", "diffusers", "datasets", "httpx"):
+    for noisy in ("accelerate", "diffusers", "datasets", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = resolve_config(args, conditional)
