@@ -1,10 +1,11 @@
 """Push to and pull from a Hub-compatible loopback server with the real huggingface_hub and diffusers clients."""
 
 import argparse
-import importlib.util
+import dataclasses
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -293,9 +294,6 @@ def test_push_command_keeps_the_token_out_of_output_files_and_logs(hub_server, t
     assert not [content for content in written if TEST_TOKEN.encode() in content]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("ddpm_zoo.sampling") is None, reason="ddpm_zoo.cli imports ddpm_zoo.sampling (not yet)"
-)
 def test_ddpm_zoo_push_command_line(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     env = hub_server.client_env(tmp_path / "cli-home", token=TEST_TOKEN, disable_xet=True)
@@ -399,3 +397,93 @@ def test_concurrent_pulls_of_one_repo_share_the_cache_safely(hub_server, tmp_pat
     assert [pull.returncode for pull in pulls] == [0] * 4, [err[-2000:] for _, err in outputs]
     expected = unet_checksum(pipeline)
     assert all(float(out.strip().splitlines()[-1]) == pytest.approx(expected) for out, _ in outputs)
+
+
+def test_an_unreachable_hub_is_one_line_and_leaves_the_folder(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    folder, card = saved_folder(tmp_path, conditional=False, repo_id=None)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(
+        UserInputError, match=r"cannot reach the Hub at http://127.0.0.1:9 to push to tester/x"
+    ) as error:
+        push_pipeline_folder(folder, f"{TEST_USER}/x", token=TEST_TOKEN)
+    assert "\n" not in str(error.value) and (folder / "README.md").read_text() == card
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserInputError, match="cannot reach the Hub .*offline"):
+        push_pipeline_folder(folder, f"{TEST_USER}/x", token=TEST_TOKEN)
+
+
+def test_a_push_to_another_repo_retargets_the_card_and_keeps_its_results(hub_server, tmp_path):
+    from huggingface_hub import EvalResult, ModelCard
+
+    from ddpm_zoo.hub import refresh_model_card
+
+    folder, _ = saved_folder(tmp_path, conditional=False, repo_id="old-name")
+    summary = {"card": dataclasses.asdict(tiny_summary(False)), "hub_model_id": "old-name"}
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+    result = EvalResult(
+        task_type="unconditional-image-generation",
+        dataset_type="mnist-5k",
+        dataset_name="mnist-5k",
+        metric_type="recognisability",
+        metric_value=0.94,
+    )
+    refresh_model_card(folder, [result])
+    push_pipeline_folder(folder, f"{TEST_USER}/renamed", token=TEST_TOKEN)
+
+    repo = hub_server.repos[("model", f"{TEST_USER}/renamed")]
+    uploaded = hub_server.read(repo.resolve("main").files["README.md"]).decode()
+    assert uploaded == (folder / "README.md").read_text()
+    assert f'from_pretrained("{TEST_USER}/renamed"' in uploaded and "old-name" not in uploaded
+    assert ModelCard(uploaded).data.eval_results[0].metric_value == 0.94
+    assert json.loads((folder / "training_summary.json").read_text())["hub_model_id"] == f"{TEST_USER}/renamed"
+
+
+def test_cli_errors_are_one_line_without_request_logs(hub_server, tmp_path):
+    """A refused push prints only the error line: huggingface_hub 2.x logs each request through httpx2."""
+    folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
+    env = hub_server.client_env(tmp_path / "cli-home", disable_xet=True)
+    command = [sys.executable, "-m", "ddpm_zoo.cli", "push", str(folder), f"{TEST_USER}/anonymous"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: pushing to {TEST_USER}/anonymous failed (401): Invalid username or password; log in with "
+        "`hf auth login` or set HF_TOKEN to a token with write access"
+    ]
+
+
+def test_sampling_a_cached_repo_works_offline(hub_server, tmp_path):
+    folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
+    push_pipeline_folder(folder, f"{TEST_USER}/cached", token=TEST_TOKEN)
+    env = hub_server.client_env(tmp_path / "sample-home", disable_xet=True)
+    command = [sys.executable, "-m", "ddpm_zoo.cli", "sample", f"{TEST_USER}/cached", "--num_images", "1"]
+    command += ["--num_inference_steps", "1", "--device", "cpu", "--output_dir"]
+    online = subprocess.run([*command, str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=120)
+    assert online.returncode == 0, online.stderr[-3000:]
+    env["HF_HUB_OFFLINE"] = "1"
+    offline = subprocess.run([*command, str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=120)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert (tmp_path / "b" / "grid.png").exists()
+    missing = subprocess.run(
+        [*command[:4], f"{TEST_USER}/never-pulled", *command[5:], str(tmp_path / "c")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+    assert "no complete copy is in the local cache" in missing.stderr
+
+
+def test_training_checks_the_push_target_before_its_first_step(tmp_path):
+    output = tmp_path / "run"
+    args = tiny_training_args(output, write_tiny_unet_config(tmp_path), steps=3)
+    args += ["--push_to_hub", "--hub_model_id", f"{TEST_USER}/never", "--hub_token", TEST_TOKEN]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    script = Path(__file__).parents[1] / "train_unconditional.py"
+    result = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hub at http://127.0.0.1:9")
+    assert not list(output.glob("checkpoint-*")) and not (output / "model_index.json").exists()

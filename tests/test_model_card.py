@@ -139,7 +139,33 @@ def test_unknown_data_is_not_claimed_and_has_unknown_license():
 def test_every_preset_has_a_template_shipped_as_package_data():
     shipped = {p.name for p in resources.files("ddpm_zoo.model_cards").iterdir() if p.name.endswith(".md")}
     assert shipped == {preset.card_template for preset in PRESETS.values()} | {GENERIC_CARD_TEMPLATE}
-    assert card_template("no-such-preset") == GENERIC_CARD_TEMPLATE
+    assert card_template(dataclasses.replace(SUMMARY, preset="no-such-preset")) == GENERIC_CARD_TEMPLATE
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"preset_network": False}, {"beta_schedule": "squaredcos_cap_v2"}, {"num_train_timesteps": 500}],
+    ids=["own-network", "cosine", "500-steps"],
+)
+def test_a_run_that_changed_the_recipe_gets_the_generic_card(change):
+    """The preset's card describes its network and schedule; a run that changed them must not claim them."""
+    assert card_template(SUMMARY) == "mnist-tiny.md"
+    summary = dataclasses.replace(SUMMARY, **change)
+    card = render_model_card(summary, "tester/model")
+    assert card_template(summary) == GENERIC_CARD_TEMPLATE
+    assert "28 -> 14 -> 7" not in card.text and "A DDPM trained with ddpm-zoo." in card.text
+    beta, steps = summary.beta_schedule, summary.num_train_timesteps
+    assert f"under a {beta} beta schedule of {steps} steps" in " ".join(card.text.split())
+    assert f"| Noise schedule | {beta} betas, {steps} steps |" in card.text
+
+
+@pytest.mark.parametrize("preset", [*PRESETS, "custom"])
+def test_the_card_says_whether_the_weights_are_an_ema(preset):
+    with_ema = render_model_card(dataclasses.replace(SUMMARY, preset=preset)).text
+    without = render_model_card(dataclasses.replace(SUMMARY, preset=preset, use_ema=False)).text
+    assert "exponential moving average" in with_ema and "exponential moving average" not in without
+    assert "the final training weights (no EMA)" in " ".join(without.split())
+    assert "| Published weights | final training weights (no EMA) |" in without
 
 
 @pytest.mark.parametrize("preset", [*PRESETS, "custom"])

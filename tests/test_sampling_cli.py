@@ -1,6 +1,7 @@
 """`ddpm-zoo sample` and `ddpm-zoo visualize` on saved test-sized pipeline folders."""
 
 import argparse
+import json
 import shutil
 
 import numpy as np
@@ -239,4 +240,48 @@ def test_a_folder_with_only_pickle_weights_is_refused(models, tmp_path, capsys):
     weights.unlink()
     assert main(["sample", str(folder), "--num_images", "1", "--num_inference_steps", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: cannot load") and "safetensors" in error[0]
+    assert (
+        len(error) == 1
+        and "only pickle weights (diffusion_pytorch_model.bin)" in error[0]
+        and "safetensors" in error[0]
+    )
+
+
+MARKER_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("yes")
+from diffusers import DDPMPipeline
+
+
+class OwnPipeline(DDPMPipeline):
+    pass
+"""
+
+
+def test_downloaded_code_runs_only_when_trusted(models, tmp_path, capsys):
+    """A ddpm-zoo folder loads into the installed classes, never running its pipeline.py; another folder's
+    custom code needs --trust_remote_code."""
+    from ddpm_zoo.cli import main
+
+    ours = tmp_path / "ours"
+    shutil.copytree(models["unconditional"], ours)
+    marker = tmp_path / "CODE_RAN"
+    (ours / "pipeline.py").write_text(MARKER_CODE.format(marker=str(marker)))
+    args = ["--num_images", "1", "--num_inference_steps", "1", "--output_dir"]
+    assert main(["sample", str(ours), *args, str(tmp_path / "a")]) == 0
+    assert not marker.exists()
+    capsys.readouterr()
+
+    theirs = tmp_path / "theirs"
+    shutil.copytree(ours, theirs)
+    index = json.loads((theirs / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline", "OwnPipeline"]
+    (theirs / "model_index.json").write_text(json.dumps(index))
+    assert main(["sample", str(theirs), *args, str(tmp_path / "b")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f"error: {theirs} holds custom pipeline code (OwnPipeline); read it, then pass --trust_remote_code to run it"
+    ]
+    assert not marker.exists()
+    assert main(["sample", str(theirs), *args, str(tmp_path / "c"), "--trust_remote_code"]) == 0
+    assert marker.exists() and (tmp_path / "c" / "grid.png").exists()

@@ -909,6 +909,9 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     )
     parser.add_argument("--no_extra_metrics", action="store_true", help="skip FID/KID and FD-DINOv2")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    from ddpm_zoo.hub import add_trust_remote_code_option
+
+    add_trust_remote_code_option(parser)
     parser.set_defaults(func=run_evaluate)
     return parser
 
@@ -921,11 +924,11 @@ def output_path(model: str, output: str | None) -> Path:
     return Path(model) / RESULTS_FILE if Path(model).is_dir() else Path.cwd() / RESULTS_FILE
 
 
-def load_pipeline(model: str, device: str):
+def load_pipeline(model: str, device: str, trust_remote_code: bool = False):
     """`ddpm_zoo.sampling.load_pipeline` (safetensors only, one-line errors), for pipelines with a UNet."""
     from ddpm_zoo.sampling import load_pipeline as load_any
 
-    pipeline = load_any(model, device)
+    pipeline = load_any(model, device, trust_remote_code=trust_remote_code)
     if not hasattr(pipeline, "unet"):
         raise UserInputError(f"{model} is not a ddpm-zoo style pipeline (it has no unet)")
     return pipeline
@@ -951,7 +954,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.num_samples < 2 or args.batch_size < 1:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = load_pipeline(args.model, device)
+    pipeline = load_pipeline(args.model, device, args.trust_remote_code)
     if args.guidance is not None and not takes_guidance(pipeline):
         raise UserInputError(
             "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "

@@ -121,6 +121,22 @@ class TrainingSummary:
     autoguidance_guide_step: int | None = None
     self_guidance_clusters: int | None = None
     self_guidance_scale: float | None = None
+    use_ema: bool = True
+    beta_schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    preset_network: bool = True
+
+    @property
+    def follows_preset(self) -> bool:
+        """Whether the run trained its preset's network under its preset's noise schedule, so the preset's
+        card (which describes both) applies; otherwise the generic card does."""
+        preset = PRESETS.get(self.preset)
+        return (
+            preset is not None
+            and self.preset_network
+            and self.beta_schedule == preset.scheduler.get("beta_schedule", "linear")
+            and self.num_train_timesteps == preset.scheduler.get("num_train_timesteps", 1000)
+        )
 
 
 def known_datasets() -> dict[str, DatasetInfo]:
@@ -182,6 +198,8 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
         ("Total batch size", f"{summary.total_batch_size} ({processes})"),
         ("Learning rate", f"{summary.learning_rate:g}"),
         ("Mixed precision", precision),
+        ("Noise schedule", f"{summary.beta_schedule} betas, {summary.num_train_timesteps} steps"),
+        ("Published weights", "EMA of training" if summary.use_ema else "final training weights (no EMA)"),
         ("Prediction type", summary.prediction_type),
         ("Loss weighting", "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"),
         ("Sampling guidance", sampling_guidance(summary)),
@@ -209,7 +227,10 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "title": repo_id.split("/")[-1] if repo_id else f"ddpm-zoo {summary.preset}",
         "preset": summary.preset,
         "prediction_target": PREDICTION_TARGETS.get(summary.prediction_type, summary.prediction_type),
-        "description": preset.description if preset else "A DDPM trained with ddpm-zoo.",
+        "description": preset.description if summary.follows_preset else "A DDPM trained with ddpm-zoo.",
+        "use_ema": summary.use_ema,
+        "beta_schedule": summary.beta_schedule,
+        "num_train_timesteps": summary.num_train_timesteps,
         "conditional": summary.conditional,
         "pipeline_class": "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline",
         "class_names": names,
@@ -236,9 +257,10 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
     }
 
 
-def card_template(preset: str) -> str:
-    """The template file for `preset` in `model_cards/`, or the generic one."""
-    name = PRESETS[preset].card_template if preset in PRESETS else GENERIC_CARD_TEMPLATE
+def card_template(summary: TrainingSummary) -> str:
+    """The template file for the run's preset in `model_cards/`, or the generic one where the run changed the
+    preset's network or noise schedule (the preset's card describes both)."""
+    name = PRESETS[summary.preset].card_template if summary.follows_preset else GENERIC_CARD_TEMPLATE
     return name if resources.files(CARD_TEMPLATES).joinpath(name).is_file() else GENERIC_CARD_TEMPLATE
 
 
@@ -261,7 +283,7 @@ def render_model_card(
         model_name=model_name if eval_results else None,
     )
     context = card_context(summary, repo_id, eval_results)
-    with resources.as_file(resources.files(CARD_TEMPLATES).joinpath(card_template(summary.preset))) as path:
+    with resources.as_file(resources.files(CARD_TEMPLATES).joinpath(card_template(summary))) as path:
         return ModelCard.from_template(data, template_path=str(path), **context)
 
 
@@ -542,6 +564,16 @@ def push_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_trust_remote_code_option(parser: argparse.ArgumentParser) -> None:
+    """`--trust_remote_code` for the commands that load a pipeline (sample, visualize, evaluate)."""
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the custom pipeline code of a folder or repo that is not a ddpm-zoo pipeline (ddpm-zoo's own "
+        "load into the installed classes and never need this)",
+    )
+
+
 def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `push` on the `ddpm-zoo` command line."""
     parser = subparsers.add_parser(
@@ -554,7 +586,7 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("repo_id", help="the Hub repo, e.g. your-name/mnist-ddpm (created if needed)")
     parser.add_argument("--private", action="store_true", help="create the repo private")
     parser.add_argument("--revision", help="push to this branch (created from main when new)")
-    parser.add_argument("--commit-message", help="the commit's message")
+    parser.add_argument("--commit_message", "--commit-message", help="the commit's message")
     parser.add_argument(
         "--token",
         help="a Hub token with write access; default: HF_TOKEN or the `hf auth login` token "

@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ddpm_zoo import hub
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import takes_guidance
 from ddpm_zoo.presets import DIGIT_NAMES
@@ -50,22 +51,38 @@ def default_steps(pipeline: DiffusionPipeline) -> int:
     return DEFAULT_STEPS.get(scheduler_name(pipeline.scheduler) or "ddim", 50)
 
 
-def load_pipeline(model: str, device: str | None = None, scheduler: str | None = None) -> DiffusionPipeline:
-    """Load a pipeline folder or Hub repo (with its `pipeline.py` as remote code), optionally swap in
-    scheduler `scheduler` (same noise schedule, via `from_config`), and move it to `device`.
+def load_pipeline(
+    model: str, device: str | None = None, scheduler: str | None = None, trust_remote_code: bool = False
+) -> DiffusionPipeline:
+    """Load a pipeline folder or Hub repo, optionally swap in scheduler `scheduler` (same noise schedule, via
+    `from_config`), and move it to `device`.
 
-    Only safetensors weights are read: a folder or repo with pickle weights alone (`.bin`, `.pt`) is
-    refused, since unpickling can run arbitrary code."""
+    A Hub repo is one snapshot (from the local cache when offline). ddpm-zoo pipelines load into the
+    installed classes and diffusers' own pipelines load as usual, so no downloaded code runs; a folder
+    whose `model_index.json` names other custom code needs `trust_remote_code`. Only safetensors weights
+    are read: pickle weights (`.bin`, `.pt`) are refused, since unpickling can run arbitrary code."""
     path = Path(model).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():
         raise UserInputError(f"{model} is not a pipeline folder (it has no model_index.json)")
-    source = str(path) if path.exists() else model
     if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise UserInputError(f"no such model folder: {model}")
+    folder = hub.download_pipeline(str(path) if path.exists() else model)
+    class_name = hub.read_model_index(folder).get("_class_name")
+    custom_code = isinstance(class_name, list)
+    class_name = class_name[-1] if custom_code else class_name
     try:
-        pipeline = DiffusionPipeline.from_pretrained(source, trust_remote_code=True, use_safetensors=True)
-    except (OSError, ValueError, ImportError, AttributeError, KeyError) as error:
-        where = "folder" if path.exists() else "folder or Hub repo"
+        if class_name in hub.PIPELINE_CLASSES:
+            pipeline = hub.load_pipeline(str(folder))
+        elif custom_code and not trust_remote_code:
+            raise UserInputError(
+                f"{model} holds custom pipeline code ({class_name}); read it, then pass --trust_remote_code to run it"
+            )
+        else:
+            pipeline = DiffusionPipeline.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
+    except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as error:
+        where = "folder" if path.exists() else "Hub repo"
         raise UserInputError(f"cannot load the {where} {model!r}: {_one_line(error)}") from None
     if scheduler is not None:
         pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
@@ -291,7 +308,7 @@ def sample_command(args: argparse.Namespace) -> int:
     check_positive(num_images=args.num_images, batch_size=args.batch_size, num_inference_steps=args.num_inference_steps)
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
         raise UserInputError(f"--guidance_scale must be >= 0, got {args.guidance_scale}")
-    pipeline = load_pipeline(args.model, args.device, args.scheduler)
+    pipeline = load_pipeline(args.model, args.device, args.scheduler, args.trust_remote_code)
     images, labels = generate(
         pipeline,
         num_images=args.num_images,
@@ -321,7 +338,8 @@ def visualize_command(args: argparse.Namespace) -> int:
     output = Path(args.output or ("reverse.gif" if args.kind == "animation" else f"{args.kind}.png"))
     if args.kind == "animation" and output.suffix.lower() != ".gif":
         raise UserInputError(f"--kind animation writes a GIF; give --output a .gif name, not {output.name}")
-    pipeline = load_pipeline(args.model, args.device, args.scheduler if args.kind != "forward" else None)
+    scheduler = args.scheduler if args.kind != "forward" else None
+    pipeline = load_pipeline(args.model, args.device, scheduler, args.trust_remote_code)
     pipeline.set_progress_bar_config(disable=args.kind not in ("reverse-grid", "animation"), leave=False)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -409,6 +427,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, then mps, then cpu)")
+    hub.add_trust_remote_code_option(parser)
 
 
 def add_cli_parsers(subparsers: argparse._SubParsersAction) -> None:
