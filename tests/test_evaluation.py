@@ -299,3 +299,9 @@ def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_pa
     expected = round(document["results"][1]["conditional_accuracy"], 4)
     assert metrics["conditional_accuracy"]["value"] == expected
     assert "guidance 3" in metrics["conditional_accuracy"]["config"]
+
+
+def test_evaluate_pipeline_defaults_to_the_protocol_sampler():
+    """Protocol v1 samples with DPM-Solver++; the saved DDPM scheduler at 25 steps would be far from it."""
+    row = ev.evaluate_pipeline(tiny_unconditional(), num_samples=2, batch_size=2, digits=True, progress=False)
+    assert row["scheduler"] == "dpmsolver" and row["num_inference_steps"] == 25

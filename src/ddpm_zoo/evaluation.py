@@ -615,7 +615,7 @@ def evaluate_pipeline(
     pipeline,
     num_samples: int = 5000,
     batch_size: int = 250,
-    scheduler: str | None = None,
+    scheduler: str | None = "dpmsolver",
     num_inference_steps: int = 25,
     guidance_scale: float | None = None,
     seed: int = 0,
@@ -627,7 +627,8 @@ def evaluate_pipeline(
 ) -> dict[str, Any]:
     """Sample `num_samples` images under one setting and score them; returns one result row.
 
-    `scheduler` is a ddpm-zoo scheduler name (None keeps the pipeline's own); `guidance_scale` None uses
+    The defaults are protocol v1 (docs/evaluation.md): N = 5,000 in batches of 250, DPM-Solver++ 25 steps,
+    seed 0. `scheduler` is a ddpm-zoo scheduler name (None keeps the pipeline's own); `guidance_scale` None uses
     the pipeline's default. Digit models get recognisability and FD in classifier features, plus
     conditional accuracy (class-conditional) and color accuracy (RGB); FID/KID and FD-DINOv2 are added
     when available and `extra` is set. Labels are balanced over the classes.
