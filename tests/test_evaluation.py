@@ -5,11 +5,13 @@ import argparse
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from huggingface_hub import ModelCardData
+from PIL import Image
 
 from ddpm_zoo import evaluation as ev
 from ddpm_zoo.data import COLOR_NAMES, color_indices, colorize, load_mnist_5k_arrays
@@ -305,3 +307,18 @@ def test_evaluate_pipeline_defaults_to_the_protocol_sampler():
     """Protocol v1 samples with DPM-Solver++; the saved DDPM scheduler at 25 steps would be far from it."""
     row = ev.evaluate_pipeline(tiny_unconditional(), num_samples=2, batch_size=2, digits=True, progress=False)
     assert row["scheduler"] == "dpmsolver" and row["num_inference_steps"] == 25
+
+
+def test_a_local_reference_folder_is_named_without_its_path(tmp_path):
+    """The reference's names go into the public model card's model-index: no local path may leak."""
+    folder = tmp_path / "private" / "my-digits"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    reference = ev.dataset_reference(str(folder), resolution=8, channels=1)
+    assert (reference.name, reference.dataset_type, reference.dataset_name) == (
+        "my-digits",
+        "local-folder",
+        "my-digits",
+    )
+    assert reference.images.shape == (3, 1, 8, 8) and reference.images.dtype == torch.uint8

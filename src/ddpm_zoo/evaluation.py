@@ -289,14 +289,17 @@ def digit_reference(channels: int = 1) -> Reference:
 
 
 def dataset_reference(name: str, resolution: int, channels: int) -> Reference:
-    """Real images from a Hub dataset id or a local folder (through ddpm_zoo.data), at the model's size."""
+    """Real images from a Hub dataset id or a local folder (through ddpm_zoo.data), at the model's size.
+
+    A local folder is named by its last path component only: the name reaches the public model card."""
     from ddpm_zoo.data import decode_dataset, load_image_source
 
     local = Path(name).exists()
     source = load_image_source(None if local else name, train_data_dir=name if local else None)
     decoded = decode_dataset(source, resolution, channels, convert_channels=True, skip_bad_images=True)
     digest = hashlib.sha256(decoded.images.numpy().tobytes()).hexdigest()
-    return Reference(Path(name).name if local else name, name, name, decoded.images, digest)
+    shown = Path(name).resolve().name if local else name
+    return Reference(shown, "local-folder" if local else name, shown, decoded.images, digest)
 
 
 def cache_dir() -> Path:
