@@ -36,11 +36,14 @@ class DDPMPipelineBase(DiffusionPipeline):
         latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict:
-        """Pass `generator` to schedulers whose `step` draws noise (DDPM, DDIM with eta, Euler...)."""
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            return {"generator": generator}
-        return {}
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict:
+        """Pass `eta` to DDIM and `generator` to schedulers whose `step` draws noise (DDPM, DDIM with eta > 0,
+        Euler...); other schedulers take neither."""
+        accepted = inspect.signature(self.scheduler.step).parameters
+        extra = {"eta": eta} if "eta" in accepted else {}
+        if "generator" in accepted:
+            extra["generator"] = generator
+        return extra
 
     def postprocess(self, images: torch.Tensor, output_type: str):
         """Map model space [-1, 1] to [0, 1] and convert to `output_type`."""
@@ -90,14 +93,17 @@ class DDPMPipelineBase(DiffusionPipeline):
         return_dict: bool,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        eta: float,
     ) -> ImagePipelineOutput | tuple:
         """Algorithm 2: from x_T ~ N(0, I), step x_t -> x_{t-1} with the scheduler until x_0."""
+        if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta <= 1:
+            raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         num_inference_steps = int(num_inference_steps)
         # Timesteps first: `init_noise_sigma` of sigma-based schedulers (Euler...) depends on them.
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         latents = self.prepare_latents(batch_size, generator)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, float(eta))
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             # Algorithm 2, line 4: the network's prediction at x_t (sigma schedulers rescale x_t first).
@@ -224,6 +230,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         callback_on_step_end: Callable[["UnconditionalDDPMPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         guidance_scale: float | None = None,
+        eta: float = 0.0,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate images by running the reverse process from pure noise.
@@ -244,6 +251,8 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
                 saved one. With autoguidance (needs `guide_unet`), 1 uses `unet` alone. With self-guidance,
                 the classifier-free weight over clusters: 0 is the unguided network, 1 samples each
                 drawn cluster without extra guidance.
+            eta (`float`, defaults to 0.0): DDIM's eta in [0, 1] (Song et al., 2021, eq. 16): 0 is the
+                deterministic DDIM sampler, 1 adds DDPM's posterior noise; other schedulers ignore it.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
@@ -273,6 +282,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
             return_dict,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            eta,
         )
 
 
@@ -373,6 +383,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         callback_on_step_end: Callable[["ClassConditionalDDPMPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         batch_size: int | None = None,
+        eta: float = 0.0,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate one image per entry of `class_labels` (or `batch_size` images of one class).
@@ -384,7 +395,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
                 1 is conditional sampling, 0 ignores the label, larger values steer harder. On the
                 colored-mnist preset, 3 gave conditional digit accuracy 0.995 against 0.84 at 1.
             generator, num_inference_steps, output_type, return_dict, callback_on_step_end,
-            callback_on_step_end_tensor_inputs: as in [`UnconditionalDDPMPipeline`].
+            callback_on_step_end_tensor_inputs, eta: as in [`UnconditionalDDPMPipeline`].
             batch_size (`int`, *optional*): number of images; a single `class_labels` entry is repeated
                 this many times, a list must have this length. Defaults to one image per label.
 
@@ -405,6 +416,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
             return_dict,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            eta,
         )
 
 

@@ -73,6 +73,22 @@ def test_every_scheduler_swaps_in_via_from_config(scheduler):
     assert guided.shape == (2, 3, 8, 8) and 0 <= guided.min() and guided.max() <= 1
 
 
+def test_eta_reaches_ddim_only():
+    kwargs = {"batch_size": 2, "num_inference_steps": STEPS, "output_type": "pt"}
+    ddim = unconditional("ddim")
+    deterministic = ddim(generator=seeded(1), **kwargs).images
+    noisy = ddim(generator=seeded(1), eta=1.0, **kwargs).images
+    assert (noisy - deterministic).abs().max() > 1e-3
+    torch.testing.assert_close(ddim(generator=seeded(1), eta=1.0, **kwargs).images, noisy)
+    solver = unconditional("dpmsolver")
+    torch.testing.assert_close(
+        solver(generator=seeded(1), eta=1.0, **kwargs).images, solver(generator=seeded(1), **kwargs).images
+    )
+    assert conditional("ddim")(class_labels=[1], eta=0.5, num_inference_steps=STEPS).images
+    with pytest.raises(ValueError, match="`eta` must be a number in \\[0, 1\\]"):
+        ddim(eta=1.5, **kwargs)
+
+
 def test_output_types_and_return_dict():
     pipeline = unconditional()
     kwargs = {"batch_size": 2, "num_inference_steps": STEPS}
