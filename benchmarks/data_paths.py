@@ -36,7 +36,7 @@ def main() -> None:
     decoded = data.decode_dataset(source, 28, 1, with_labels=True)
     decode_s = time.perf_counter() - start
     in_memory = data.InMemoryBatches(decoded, plan, "cpu")
-    streaming = data.StreamingBatches(source, plan, 28, 1, False, True, num_workers=args.workers)
+    streaming = data.StreamingBatches(source, plan, 28, 1, False, num_classes=10, num_workers=args.workers)
     rows = [
         {
             "path": "in-memory",

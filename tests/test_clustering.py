@@ -45,3 +45,17 @@ def test_cluster_images_groups_uint8_images_by_pixels():
     clusters = cluster_images(torch.cat([dark, light]), 2, seed=0)
     assert len(clusters.assignments[:6].unique()) == 1 and len(clusters.assignments[6:].unique()) == 1
     assert sorted(clusters.sizes.tolist()) == [4, 6]
+
+
+@pytest.mark.parametrize("distinct, k", [(1, 5), (2, 3)])
+def test_fewer_distinct_images_than_clusters_is_a_clear_error(distinct, k):
+    images = torch.arange(distinct, dtype=torch.uint8).mul(100).view(-1, 1, 1, 1).expand(distinct, 1, 4, 4)
+    duplicated = images.repeat(40 // distinct, 1, 1, 1)
+    with pytest.raises(UserInputError, match=f"only {distinct} distinct image\\(s\\) for {k} clusters"):
+        cluster_images(duplicated, k, seed=0)
+
+
+def test_duplicated_images_cluster_when_there_are_enough_distinct_ones():
+    images = torch.tensor([0, 100, 200], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 4, 4).repeat(10, 1, 1, 1)
+    clusters = cluster_images(images, 3, seed=0)
+    assert clusters.sizes.tolist() == [10, 10, 10]

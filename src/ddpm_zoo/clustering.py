@@ -19,16 +19,28 @@ class Clusters:
     sizes: torch.Tensor
 
 
+def squared_distances(points: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each point (N, D) to one point (1, D); exactly 0 for a duplicate (cdist's
+    matrix-product shortcut can leave rounding noise there)."""
+    return torch.cdist(points, point, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1).square()
+
+
 def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Initial centroids, each drawn with probability proportional to its squared distance to the
-    nearest centroid drawn so far (Arthur & Vassilvitskii, 2007)."""
+    nearest centroid drawn so far (Arthur & Vassilvitskii, 2007). Every centroid is a distinct point,
+    so fewer than k distinct points are refused."""
     first = torch.randint(len(points), (1,), generator=generator)
     centroids = points[first]
-    nearest = torch.cdist(points, centroids).squeeze(1).square()
-    for _ in range(k - 1):
-        index = torch.multinomial(nearest / nearest.sum(), 1, generator=generator)
+    nearest = squared_distances(points, centroids)
+    for drawn in range(1, k):
+        total = nearest.sum()
+        if total == 0:  # every point coincides with a centroid: only `drawn` distinct points
+            raise UserInputError(
+                f"only {drawn} distinct image(s) for {k} clusters; lower --self_guidance_clusters (0 turns it off)"
+            )
+        index = torch.multinomial(nearest / total, 1, generator=generator)
         centroids = torch.cat([centroids, points[index]])
-        nearest = torch.minimum(nearest, torch.cdist(points, points[index]).squeeze(1).square())
+        nearest = torch.minimum(nearest, squared_distances(points, points[index]))
     return centroids
 
 

@@ -8,27 +8,38 @@ training device as tensor ops.
 
 import hashlib
 import io
+import logging
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import datasets
 import numpy as np
+import pyarrow
 import torch
+from datasets.exceptions import DatasetGenerationError
 from PIL import Image, UnidentifiedImageError
 
 from ddpm_zoo.errors import DataError
 from ddpm_zoo.presets import DIGIT_NAMES
+
+logger = logging.getLogger("ddpm_zoo")
 
 EMBEDDED_MNIST = "mnist-5k"
 MNIST_5K_CONTENT_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGE_COLUMN_GUESSES = ("image", "img", "images", "pixel_values")
 LABEL_COLUMN_GUESSES = ("label", "labels", "class", "fine_label", "target")
+CHANNEL_MODES = {1: "L", 3: "RGB"}
+GRAYSCALE_MODES = ("1", "L", "LA", "La")
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError)
+SKIP_HINT = " (pass --skip_bad_images to skip such files)"
 OFFLINE_HINT = (
     f"offline, train on the embedded digits with --dataset_name {EMBEDDED_MNIST} or on local images with "
     "--train_data_dir PATH (or set HF_HUB_OFFLINE=1 to use a dataset already in the local cache)"
@@ -138,25 +149,41 @@ def load_hub_dataset(name: str, config_name: str | None, cache_dir: str | None) 
         raise DataError(f"cannot load dataset {name!r} ({error}); {OFFLINE_HINT}") from None
 
 
+@contextmanager
+def _broken_files_refused(path: str) -> Iterator[None]:
+    """Turn what `datasets` and Arrow raise on broken files (not parquet, truncated, a bad
+    dataset_info.json) into one DataError line; datasets' own error log is held back meanwhile."""
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (pyarrow.ArrowException, DatasetGenerationError, FileNotFoundError, ValueError) as error:
+        raise DataError(f"cannot read the data in --train_data_dir {path}: {error}") from None
+    finally:
+        datasets_logger.setLevel(level)
+
+
 def load_local_dataset(path: str, cache_dir: str | None) -> datasets.Dataset:
     """A folder of images (optionally in class sub-folders), parquet or arrow files, or a saved dataset."""
     root = Path(path)
     if not root.exists():
         raise DataError(f"--train_data_dir {path} does not exist")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    if (root / "dataset_info.json").exists() or (root / "state.json").exists():
-        loaded = datasets.load_from_disk(str(root))
-        return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
-    by_kind = {
-        "parquet": [str(p) for p in files if p.suffix == ".parquet"],
-        "arrow": [str(p) for p in files if p.suffix == ".arrow"],
-    }
-    for kind, data_files in by_kind.items():
-        if data_files:
-            return datasets.load_dataset(kind, data_files=data_files, split="train", cache_dir=cache_dir)
-    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-        raise DataError(f"--train_data_dir {path} holds no images, parquet or arrow files")
-    return datasets.load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=cache_dir)
+    with _broken_files_refused(path):
+        if (root / "dataset_info.json").exists() or (root / "state.json").exists():
+            loaded = datasets.load_from_disk(str(root))
+            return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+        by_kind = {
+            "parquet": [str(p) for p in files if p.suffix == ".parquet"],
+            "arrow": [str(p) for p in files if p.suffix == ".arrow"],
+        }
+        for kind, data_files in by_kind.items():
+            if data_files:
+                return datasets.load_dataset(kind, data_files=data_files, split="train", cache_dir=cache_dir)
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            raise DataError(f"--train_data_dir {path} holds no images, parquet or arrow files")
+        return datasets.load_dataset("imagefolder", data_dir=str(root), split="train", cache_dir=cache_dir)
 
 
 def _pick_column(
@@ -201,14 +228,37 @@ def load_image_source(
     return ImageSource(dataset, image_col, label_col, class_names)
 
 
-def image_to_array(image: Image.Image, resolution: int, channels: int, convert_channels: bool, name: str) -> np.ndarray:
-    """One PIL image -> uint8 (C, resolution, resolution): channels checked, shorter side resized, centre crop."""
-    mode = {1: "L", 3: "RGB"}[channels]
-    native = image.mode if image.mode in ("L", "RGB") else ("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
-    if native != mode and not convert_channels:
+def channel_mode(channels: int) -> str:
+    """The PIL mode of images for a model with `channels` input channels: L (1) or RGB (3)."""
+    if channels not in CHANNEL_MODES:
+        raise DataError(f"the model takes {channels} input channels; images can give 1 (grayscale) or 3 (RGB)")
+    return CHANNEL_MODES[channels]
+
+
+def to_8_bit(image: Image.Image, name: str) -> Image.Image:
+    """Grayscale of more than 8 bits as mode L, scaled by its type's range (convert("L") would clip at 255):
+    16-bit (I;16, or I within 0..65535) divided by 257, float (F) in [0, 1] times 255; others unchanged."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (0, 1) if image.mode == "F" else (0, 65535)
+    if not (np.isfinite(values).all() and low <= values.min() and values.max() <= high):
         raise DataError(
-            f"{name} has {3 if native == 'RGB' else 1} channel(s) but the model expects {channels}; "
-            "pass --convert_channels to convert"
+            f"{name} is a mode {image.mode} image with values outside {low}..{high}; save it as 8 or 16 bits"
+        )
+    return Image.fromarray(np.round(values * (255 / high)).astype(np.uint8))
+
+
+def image_to_array(
+    image: Image.Image, resolution: int, channels: int, convert_channels: bool, name: str, needed_by: str = "the model"
+) -> np.ndarray:
+    """One PIL image -> uint8 (C, resolution, resolution): channels checked, shorter side resized, centre crop."""
+    mode = channel_mode(channels)
+    image = to_8_bit(image, name)
+    native = 1 if image.mode in GRAYSCALE_MODES else 3
+    if native != channels and not convert_channels:
+        raise DataError(
+            f"{name} has {native} channel(s) but {needed_by} expects {channels}; pass --convert_channels to convert"
         )
     image = image.convert(mode)
     if image.size != (resolution, resolution):
@@ -223,13 +273,30 @@ def image_to_array(image: Image.Image, resolution: int, channels: int, convert_c
     return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def _open_encoded(value: dict, index: int) -> tuple[Image.Image, str]:
-    """Open one undecoded `datasets.Image` value ({"bytes", "path"}) and name it for error messages."""
-    name = value.get("path") or f"image #{index}"
+def _image_name(value: dict | None, index: int) -> str:
+    """How error messages name an image: its path, else its row."""
+    return (value or {}).get("path") or f"image #{index}"
+
+
+def _open_encoded(value: dict | None) -> Image.Image:
+    """Open one undecoded `datasets.Image` value ({"bytes", "path"}); an empty row is unreadable (OSError)."""
+    if value is None:
+        raise OSError("the row holds no image")
     data = value.get("bytes")
     image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
     image.load()
-    return image, name
+    return image
+
+
+def _undecoded(source: ImageSource) -> datasets.Dataset:
+    """The dataset with its image column as undecoded {"bytes", "path"} values; a column of other data is refused."""
+    try:
+        return source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
+    except (pyarrow.ArrowException, TypeError, ValueError):
+        feature = type(source.dataset.features[source.image_column]).__name__
+        raise DataError(
+            f"column {source.image_column!r} holds no images ({feature}); choose another with --image_column"
+        ) from None
 
 
 def decode_dataset(
@@ -239,20 +306,22 @@ def decode_dataset(
     convert_channels: bool = False,
     skip_bad_images: bool = False,
     with_labels: bool = False,
+    needed_by: str = "the model",
 ) -> DecodedImages:
-    """Decode every image once into a uint8 tensor (the in-memory path); bad images are named or skipped."""
-    dataset = source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
+    """Decode every image once into a uint8 tensor (the in-memory path); bad images are named or skipped.
+    `needed_by` names who wants `channels` in the wrong-channels message (the colorizer wants 1)."""
+    dataset = _undecoded(source)
     arrays, keep, skipped = [], [], 0
     for index, value in enumerate(dataset[source.image_column]):
+        name = _image_name(value, index)
         try:
-            image, name = _open_encoded(value, index)
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            image = _open_encoded(value)
+        except UNREADABLE as error:
             if not skip_bad_images:
-                bad = value.get("path") or f"image #{index}"
-                raise DataError(f"cannot read {bad}: {error} (pass --skip_bad_images to skip such files)") from None
+                raise DataError(f"cannot read {name}: {error}{SKIP_HINT}") from None
             skipped += 1
             continue
-        arrays.append(image_to_array(image, resolution, channels, convert_channels, name))
+        arrays.append(image_to_array(image, resolution, channels, convert_channels, name, needed_by))
         keep.append(index)
     if not arrays:
         raise DataError("no readable images in the dataset")
@@ -263,7 +332,7 @@ def decode_dataset(
     return DecodedImages(images, labels, source.class_names, skipped)
 
 
-def _labels_tensor(source: ImageSource, keep: list[int]) -> torch.Tensor:
+def _labels_tensor(source: ImageSource, keep: list[int] | range) -> torch.Tensor:
     if source.label_column is None:
         raise DataError(
             f"conditional training needs a label column; columns: {', '.join(source.dataset.column_names)} "
@@ -274,6 +343,14 @@ def _labels_tensor(source: ImageSource, keep: list[int]) -> torch.Tensor:
         return torch.tensor([int(values[i]) for i in keep], dtype=torch.long)
     except (TypeError, ValueError):
         raise DataError(f"label column {source.label_column!r} must hold integer class indices") from None
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Refuse labels outside the model's classes 0..num_classes-1 (the UNet's class embedding would
+    fail deep inside, on CUDA with a device-side assert)."""
+    outside = (labels < 0) | (labels >= num_classes)
+    if bool(outside.any()):
+        raise DataError(f"label {int(labels[outside][0])} is outside the model's classes 0..{num_classes - 1}")
 
 
 def apply_colorizer(decoded: DecodedImages, seed: int) -> DecodedImages:
@@ -327,33 +404,83 @@ class InMemoryBatches:
             yield self.images[indices], labels
 
 
-class _DecodeOnRead(torch.utils.data.Dataset):
-    """Per-sample decoding for the streaming path (runs in DataLoader workers)."""
+class _Sample(NamedTuple):
+    """One streamed image, or `problem`: why it cannot be used (`unreadable`: --skip_bad_images may skip it)."""
 
-    def __init__(self, source: ImageSource, resolution: int, channels: int, convert_channels: bool, labels: bool):
-        self.dataset = source.dataset.cast_column(source.image_column, datasets.Image(decode=False))
-        self.source = source
+    image: torch.Tensor | None
+    label: int
+    problem: str = ""
+    unreadable: bool = False
+
+
+class _StreamedBatch(NamedTuple):
+    """A collated batch and the unreadable images skipped in it, or the `error` that stops training."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    skipped: list[str]
+    error: str = ""
+
+
+class _DecodeOnRead(torch.utils.data.Dataset):
+    """Per-sample decoding for the streaming path (runs in DataLoader workers). Problems travel to the
+    main process as text: an exception raised in a worker would reach it wrapped in torch's traceback."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        resolution: int,
+        channels: int,
+        convert_channels: bool,
+        labels: torch.Tensor | None,
+        skip_bad_images: bool,
+    ):
+        self.dataset = _undecoded(source)
+        self.image_column = source.image_column
         self.resolution = resolution
         self.channels = channels
         self.convert_channels = convert_channels
         self.labels = labels
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = self.dataset[int(index)]
+    def __getitem__(self, index: int) -> _Sample:
+        value = self.dataset[int(index)][self.image_column]
+        label = int(self.labels[index]) if self.labels is not None else -1
+        name = _image_name(value, index)
         try:
-            image, name = _open_encoded(row[self.source.image_column], int(index))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"cannot read image #{index}: {error}") from None
-        array = image_to_array(image, self.resolution, self.channels, self.convert_channels, name)
-        label = int(row[self.source.label_column]) if self.labels else -1
-        return torch.from_numpy(array), label
+            image = _open_encoded(value)
+        except UNREADABLE as error:
+            return _Sample(None, label, f"cannot read {name}: {error}", unreadable=True)
+        try:
+            array = image_to_array(image, self.resolution, self.channels, self.convert_channels, name)
+        except DataError as error:
+            return _Sample(None, label, str(error))
+        return _Sample(torch.from_numpy(array), label)
+
+    def collate(self, samples: list[_Sample]) -> _StreamedBatch:
+        """Stack a batch (in the worker). With --skip_bad_images, readable images of the same batch take the
+        places of unreadable ones, so every batch keeps its size."""
+        good = [sample for sample in samples if not sample.problem]
+        skipped = [sample.problem for sample in samples if sample.unreadable]
+        for sample in samples:
+            if sample.problem and not (sample.unreadable and self.skip_bad_images):
+                return _StreamedBatch(None, None, [], sample.problem + (SKIP_HINT if sample.unreadable else ""))
+        if not good:
+            return _StreamedBatch(None, None, [], f"every image of a batch is unreadable, e.g. {skipped[0]}")
+        kept = good + [good[i % len(good)] for i in range(len(samples) - len(good))]
+        images, labels = torch.utils.data.default_collate([(sample.image, sample.label) for sample in kept])
+        return _StreamedBatch(images, labels, skipped)
 
 
 class StreamingBatches:
-    """Batches decoded on the fly by DataLoader workers, for datasets too large to hold in memory."""
+    """Batches decoded on the fly by DataLoader workers, for datasets too large to hold in memory.
+
+    The checks of the in-memory path hold here too: channels and labels (one small column, against
+    `num_classes`; 0 = unlabelled) before the first batch, each image as it is read.
+    """
 
     def __init__(
         self,
@@ -362,25 +489,40 @@ class StreamingBatches:
         resolution: int,
         channels: int,
         convert_channels: bool,
-        with_labels: bool,
+        *,
+        num_classes: int,
         num_workers: int,
+        skip_bad_images: bool = False,
     ):
-        if with_labels and source.label_column is None:
-            raise DataError("conditional training needs a label column (use --label_column)")
-        self.reader = _DecodeOnRead(source, resolution, channels, convert_channels, with_labels)
+        channel_mode(channels)
+        labels = None
+        if num_classes:
+            labels = _labels_tensor(source, range(len(source.dataset)))
+            check_labels(labels, num_classes)
+        self.reader = _DecodeOnRead(source, resolution, channels, convert_channels, labels, skip_bad_images)
         self.plan = plan
-        self.with_labels = with_labels
         self.num_workers = num_workers
+        self.reported: set[str] = set()
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         loader = torch.utils.data.DataLoader(
             self.reader,
             batch_sampler=[indices.tolist() for indices in self.plan.batches(epoch, start_batch)],
             num_workers=self.num_workers,
+            collate_fn=self.reader.collate,
             persistent_workers=False,
         )
-        for images, labels in loader:
-            yield images, (labels if self.with_labels else None)
+        for batch in loader:
+            if batch.error:
+                raise DataError(batch.error)
+            self.report_skipped(batch.skipped)
+            yield batch.images, (batch.labels if self.reader.labels is not None else None)
+
+    def report_skipped(self, skipped: list[str]) -> None:
+        """A warning for each unreadable image skipped, once per run."""
+        for problem in sorted(set(skipped) - self.reported):
+            logger.warning("skipped (--skip_bad_images): %s", problem)
+        self.reported.update(skipped)
 
 
 def in_memory_bytes(num_samples: int, channels: int, resolution: int) -> int:
