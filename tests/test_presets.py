@@ -1,10 +1,12 @@
 """Presets build the networks they promise, and command-line options override preset defaults."""
 
+import json
+
 import pytest
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
 
-from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.config import build_parser, load_unet_config, resolve_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.presets import PRESETS, get_preset
 
@@ -82,7 +84,18 @@ def test_boolean_options_can_be_switched_off():
     "argv, message",
     [
         (["--train_batch_size", "0"], "--train_batch_size must be at least 1"),
-        (["--learning_rate", "-1"], "--learning_rate must be positive"),
+        (["--learning_rate", "-1"], "--learning_rate must be a finite positive number"),
+        (["--learning_rate", "inf"], "--learning_rate must be a finite positive number"),
+        (["--lr_scheduler", "polynomial", "--learning_rate", "1e-8"], "polynomial decays to 1e-07: --learning_rate"),
+        (["--adam_beta1", "1.5"], "--adam_beta1 must be in \\[0, 1\\), got 1.5"),
+        (["--adam_epsilon", "-1"], "--adam_epsilon must be >= 0"),
+        (["--resolution", "-8"], "--resolution must be at least 1, got -8"),
+        (["--resolution", "0"], "--resolution must be at least 1, got 0"),
+        (["--num_sample_images", "0"], "--num_sample_images must be at least 1"),
+        (["--ddpm_num_inference_steps", "60", "--ddpm_num_steps", "50"], "--ddpm_num_inference_steps 60 is more than"),
+        (["--seed", "-1"], "--seed must be between 0 and 4294967295"),
+        (["--save_model_epochs", "10"], "--save_model_epochs is not supported.*use --checkpointing_steps"),
+        (["--save_images_epochs", "2", "--save_images_steps", "5"], "--save_images_steps or --save_images_epochs"),
         (["--push_to_hub", "--hub_model_id", "bad//id"], "invalid repo id 'bad//id'"),
         (["--autoguidance_scale", "-1"], "--autoguidance_scale must be a finite number >= 0"),
         (["--autoguidance_scale", "nan"], "--autoguidance_scale must be a finite number >= 0"),
@@ -100,6 +113,41 @@ def test_boolean_options_can_be_switched_off():
 def test_bad_option_values_are_rejected(argv, message):
     with pytest.raises(UserInputError, match=message):
         resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+
+
+def test_num_epochs_replaces_the_presets_step_count():
+    parse = build_parser(conditional=False).parse_args
+    by_epochs = resolve_config(parse(["--num_epochs", "3"]), conditional=False)
+    assert by_epochs.num_epochs == 3 and by_epochs.max_train_steps is None
+    both = resolve_config(parse(["--num_epochs", "3", "--max_train_steps", "7"]), conditional=False)
+    assert both.max_train_steps == 7
+    assert resolve_config(parse([]), conditional=False).max_train_steps == 1700  # the preset's
+
+
+def test_diffusers_example_options_are_accepted():
+    """As in diffusers' train_unconditional.py: --center_crop (what ddpm-zoo always does), --eval_batch_size
+    (images generated for the sample grids) and --save_images_epochs."""
+    argv = ["--center_crop", "--eval_batch_size", "8", "--save_images_epochs", "2"]
+    config = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+    assert config.num_sample_images == 8 and config.save_images_epochs == 2
+    assert "center_crop" not in config.public_dict()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[1, 2]", "holds a JSON list, not an object"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not valid JSON"),
+        (None, "cannot read .*config.json \\(Is a directory\\)"),
+    ],
+)
+def test_unusable_model_configs_are_one_clear_error(tmp_path, content, message):
+    if content is None:
+        (tmp_path / "config.json").mkdir()
+    else:
+        (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(UserInputError, match=f"--model_config_name_or_path: .*{message}"):
+        load_unet_config(str(tmp_path))
 
 
 def test_compile_modes_without_cuda_graphs_accumulate_gradients():
@@ -121,3 +169,21 @@ def test_self_guidance_defaults_apply_to_unconditional_mnist_tiny_only():
     argv = ["--self_guidance_clusters", "0", "--autoguidance_scale", "3"]
     autoguided = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
     assert autoguided.autoguidance_scale == 3.0 and autoguided.self_guidance_clusters == 0
+
+
+def test_the_presets_own_network_is_recognised_for_its_card(tmp_path):
+    """The preset's card describes the preset's UNet: it applies to the default network, even read back from a
+    JSON file, and not to the same network at another resolution."""
+    from ddpm_zoo.training import as_json, resolve_unet_config
+
+    parse = build_parser(conditional=False).parse_args
+    preset = get_preset("mnist-tiny")
+    default = resolve_unet_config(resolve_config(parse([]), conditional=False), preset)
+    assert as_json(default) == as_json(preset.unet)
+    (tmp_path / "config.json").write_text(json.dumps(dict(preset.unet)))
+    from_file = resolve_unet_config(
+        resolve_config(parse(["--model_config_name_or_path", str(tmp_path)]), conditional=False), preset
+    )
+    assert as_json(from_file) == as_json(preset.unet)
+    smaller = resolve_unet_config(resolve_config(parse(["--resolution", "16"]), conditional=False), preset)
+    assert as_json(smaller) != as_json(preset.unet)

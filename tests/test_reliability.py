@@ -85,8 +85,22 @@ def test_latest_ignores_half_written_checkpoints(tmp_path):
     (tmp_path / "checkpoint-9").mkdir()
     (tmp_path / ".checkpoint-12.tmp").mkdir()
     assert checkpoints.resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-6"
-    checkpoints.prune_checkpoints(tmp_path, total_limit=1)
+    checkpoints.prune_checkpoints(tmp_path, total_limit=1, newest=6)
     assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-6"]
+
+
+def test_pruning_keeps_the_checkpoint_just_written_and_sets_the_abandoned_branch_aside(tmp_path):
+    """Resumed from checkpoint-3 of a folder that also holds checkpoint-6, the run wrote checkpoint-4:
+    checkpoint-4 is kept whatever the limit, and checkpoint-6, of the abandoned branch, is renamed (not
+    deleted) so that `latest` cannot pick it."""
+    for step in (3, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / checkpoints.STATE_FILE).write_text("{}")
+    (tmp_path / "abandoned-checkpoint-6").mkdir()
+    checkpoints.prune_checkpoints(tmp_path, total_limit=1, newest=4)
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
+    assert (tmp_path / "abandoned-checkpoint-6-2" / checkpoints.STATE_FILE).exists()
+    assert checkpoints.resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-4"
 
 
 def test_sigkill_then_resume_reaches_the_same_parameters(tmp_path, unet_config):
@@ -190,6 +204,76 @@ def test_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint(tmp_path, une
         assert not list(output.glob(".checkpoint-*"))
 
 
+def test_non_finite_weights_after_the_last_step_are_not_published(tmp_path, unet_config):
+    output = tmp_path / "run"
+    args = tiny_training_args(
+        output, unet_config, steps=1, learning_rate="1e39", lr_warmup_steps="0", lr_scheduler="constant"
+    )
+    result = run_script(args)
+    assert result.returncode == 3, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "the weights became non-finite by step 1" in message and "nothing was published" in message
+    assert not (output / "model_index.json").exists() and not (output / "checkpoint-1").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, unet_config) -> Path:
+    output = tmp_path_factory.mktemp("finished") / "run"
+    result = run_script(tiny_training_args(output, unet_config, steps=3))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def strict_json(path: Path) -> dict:
+    """JSON as the standard has it: NaN and Infinity are refused."""
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
+
+
+def test_resuming_a_finished_run_republishes_its_losses(tmp_path, unet_config, finished_run):
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    result = run_script(tiny_training_args(output, unet_config, steps=3, resume_from_checkpoint="latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is the run's last step: publishing it without training" in result.stderr
+    before, after = strict_json(finished_run / "training_summary.json"), strict_json(output / "training_summary.json")
+    assert after["global_step"] == 3
+    assert (after["final_loss"], after["avg_loss"]) == (before["final_loss"], before["avg_loss"])
+    assert f"| Final loss | {before['final_loss']:.4f} |" in (output / "README.md").read_text()
+
+
+def mismatched_resume(output: Path, unet_config: Path) -> list[str]:
+    """A UNet with wider blocks than the checkpoint's."""
+    wide = json.loads((unet_config / "config.json").read_text())
+    wide["block_out_channels"] = [16, 32]
+    (output.parent / "wide").mkdir()
+    (output.parent / "wide" / "config.json").write_text(json.dumps(wide))
+    return ["--model_config_name_or_path", str(output.parent / "wide")]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("other UNet", "holds a UNet that differs from this run's in block_out_channels; resume with the options"),
+        ("EMA off", "was written with EMA weights; continue it with --use_ema"),
+        ("checkpoint without EMA", "was written without EMA weights; continue it with --no-use_ema"),
+        ("past the end", "is past the run's 2 steps; raise --max_train_steps or --num_epochs"),
+    ],
+)
+def test_mismatched_resume_is_refused_before_anything_is_written(tmp_path, unet_config, finished_run, case, expected):
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    extra = {"other UNet": mismatched_resume(output, unet_config), "EMA off": ["--no-use_ema"]}.get(case, [])
+    if case == "checkpoint without EMA":
+        shutil.rmtree(output / "checkpoint-3" / "unet_ema")
+    steps = 2 if case == "past the end" else 6
+    before = folder_digest(output)
+    result = run_script(tiny_training_args(output, unet_config, steps=steps, resume_from_checkpoint="latest") + extra)
+    assert result.returncode == 2, result.stderr[-3000:]
+    [message] = result.stderr.strip().splitlines()
+    assert message.startswith(f"error: --resume_from_checkpoint {output / 'checkpoint-3'} {expected}")
+    assert folder_digest(output) == before
+
+
 def test_many_short_train_resume_cycles(tmp_path, unet_config):
     output = tmp_path / "run"
     for steps in (2, 4, 6, 8):
@@ -234,6 +318,11 @@ BAD_INPUT = {
         "not divisible by the UNet's downsampling factor 4",
     ),
     "offline hub id": (["--dataset_name", "ylecun/mnist"], "cannot reach the Hugging Face Hub"),
+    "model config is a folder": (
+        ["--model_config_name_or_path", "{tmp}/config"],
+        "--model_config_name_or_path: cannot read {tmp}/config/config.json (Is a directory)",
+    ),
+    "saved dataset without data": (["--train_data_dir", "{broken}"], "{broken}"),
 }
 
 
@@ -242,9 +331,13 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch, u
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "config" / "config.json").mkdir(parents=True)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "dataset_info.json").write_text("{}")
     paths = {"tmp": tmp_path, "empty": tmp_path / "empty", "rgb": _rgb_folder(tmp_path / "rgb")}
+    paths["broken"] = tmp_path / "broken"
     argv, expected = BAD_INPUT[case]
-    argv = [arg.format(**paths) for arg in argv]
+    argv, expected = [arg.format(**paths) for arg in argv], expected.format(**paths)
     base = ["--output_dir", str(tmp_path / "out"), "--max_train_steps", "2", "--logger", "none"]
     if "--preset" not in argv:
         base += ["--model_config_name_or_path", str(unet_config), "--resolution", "8", "--train_batch_size", "4"]
@@ -280,6 +373,44 @@ def test_output_dir_with_another_run_is_left_untouched(tmp_path, unet_config):
     assert second.stderr.strip().splitlines() == [
         f"error: --output_dir {output} already holds a training run; pass --resume_from_checkpoint latest "
         "to continue it or --overwrite_output_dir to start over"
+    ]
+    assert folder_digest(output) == before
+
+
+def test_unreadable_input_is_not_reported_as_a_write_failure(tmp_path, capsys, monkeypatch, unet_config):
+    """Setting up reads and writes nothing: an OSError there names what could not be read, exit status 2."""
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/train")
+
+    monkeypatch.setattr("ddpm_zoo.data.load_image_source", unreadable)
+    argv = ["--output_dir", str(tmp_path / "out"), "--max_train_steps", "2", "--logger", "none"]
+    argv += ["--model_config_name_or_path", str(unet_config), "--resolution", "8", "--train_batch_size", "4"]
+    assert training_main(argv, conditional=False) == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error_lines == ["error: cannot read /data/train: Permission denied"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_output_dir_with_another_model_is_refused_unless_overwritten(tmp_path, unet_config, overwrite):
+    """A folder written by save_pretrained (no ddpm-zoo run record) is not replaced silently."""
+    output = tmp_path / "model"
+    (output / "unet").mkdir(parents=True)
+    (output / "unet" / "config.json").write_text("{}")
+    (output / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+    (output / "README.md").write_text("my model")
+    before = folder_digest(output)
+    args = tiny_training_args(output, unet_config, steps=1) + (["--overwrite_output_dir"] if overwrite else [])
+    result = run_script(args)
+    if overwrite:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((output / "model_index.json").read_text())["_class_name"][0] == "pipeline"
+        return
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --output_dir {output} is not empty (README.md, model_index.json, unet) and holds no ddpm-zoo run; "
+        "choose another folder or pass --overwrite_output_dir to train into it"
     ]
     assert folder_digest(output) == before
 

@@ -8,7 +8,10 @@ import sys
 import pytest
 import torch
 from conftest import BLOCK_DDPM_ZOO, REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
+from PIL import Image
 from safetensors.torch import load_file
+
+from ddpm_zoo.training import step_seed
 
 LOAD_AND_SAMPLE = (
     BLOCK_DDPM_ZOO
@@ -71,6 +74,9 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     assert record["cluster_sizes"] == index["cluster_sizes"]
     card = (unconditional_run / "README.md").read_text()
     assert "into 50 k-means clusters" in card and "self-guidance, w = 3, over 50 k-means clusters" in card
+    # a test-sized network at 8 px is not mnist-tiny's: the card must not describe the preset's 28 px UNet
+    assert "A DDPM trained with ddpm-zoo." in card and "28 -> 14 -> 7" not in card
+    assert "| Published weights | EMA of training |" in card and "| Noise schedule | linear betas, 1000 steps |" in card
 
 
 def test_published_weights_are_the_ema_weights(unconditional_run):
@@ -209,3 +215,40 @@ def test_cudnn_benchmark_is_on_unless_turned_off(tmp_path, flag, benchmark):
     argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path)) + flag
     result = subprocess.run([sys.executable, "-c", CUDNN_BENCHMARK, *argv], capture_output=True, text=True, check=True)
     assert result.stdout.split()[-1] == benchmark
+
+
+def test_micro_batch_seeds_never_collide():
+    """The seed of every (seed, step, micro-batch, process) is distinct, also with >= 11 accumulated micro-batches."""
+    grid = [
+        (seed, step, micro, process)
+        for seed in (0, 1)
+        for step in range(40)
+        for micro in range(16)
+        for process in range(8)
+    ]
+    assert len({step_seed(*key) for key in grid}) == len(grid)
+    assert step_seed(0, 0, 10, 0) != step_seed(0, 1, 0, 1)
+    assert step_seed(5, 3, 2, 1) == step_seed(5, 3, 2, 1)
+
+
+def without_options(args: list[str], *names: str) -> list[str]:
+    """`args` (option, value pairs) without the named options."""
+    pairs = zip(args[::2], args[1::2], strict=True)
+    return [item for option, value in pairs if option[2:] not in names for item in (option, value)]
+
+
+def test_num_epochs_and_save_images_epochs_count_epochs_of_the_data(tmp_path, unet_config):
+    """--num_epochs without --max_train_steps trains that many epochs (the preset's step count does not apply),
+    and --save_images_epochs saves a grid after every N epochs, as in diffusers' example."""
+    data = tmp_path / "digits"
+    data.mkdir()
+    for i in range(20):
+        Image.new("L", (8, 8), i * 12).save(data / f"{i}.png")
+    output = tmp_path / "out"
+    args = tiny_training_args(output, unet_config, train_batch_size="4", train_data_dir=str(data))
+    args = without_options(args, "max_train_steps", "save_images_steps")
+    args += ["--num_epochs", "2", "--save_images_epochs", "1", "--self_guidance_clusters", "0"]
+    result = launch("train_unconditional.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output / "training_summary.json").read_text())["global_step"] == 10  # 2 epochs of 5 batches
+    assert sorted(p.name for p in (output / "progress").iterdir()) == ["step-0000005.png", "step-0000010.png"]

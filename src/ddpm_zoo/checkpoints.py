@@ -2,12 +2,15 @@
 
 A checkpoint folder `checkpoint-<step>` holds Accelerate's state (model as safetensors, optimizer,
 learning-rate schedule, RNG states), the EMA weights as safetensors in `unet_ema/`, the autoguidance
-guide in `unet_guide/` once it has been taken, and, written last, `training_state.json`. Only folders
-with that file count as checkpoints.
+guide in `unet_guide/` once it has been taken, and, written last, `training_state.json` (step, training
+seconds, loss so far, the UNet's config). Only folders with that file count as checkpoints.
 """
 
+import dataclasses
 import json
+import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -20,6 +23,21 @@ RUN_RECORD = "ddpm_zoo_run.json"
 STATE_FILE = "training_state.json"
 GUIDE_FOLDER = "unet_guide"
 CHECKPOINT_PREFIX = "checkpoint-"
+ABANDONED_PREFIX = "abandoned-"
+EMA_FOLDER = "unet_ema"
+
+logger = logging.getLogger("ddpm_zoo")
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run stands, as its checkpoints record it beside the weights."""
+
+    global_step: int = 0
+    train_seconds: float = 0.0
+    loss_last: float | None = None
+    loss_total: float = 0.0
+    loss_count: int = 0
 
 
 class CheckpointWriteError(OSError):
@@ -55,28 +73,75 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: Path) ->
     return path
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse to train into a folder that holds a different run unless asked to overwrite or resume."""
-    if not (output_dir / RUN_RECORD).exists() or overwrite or resuming:
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, resume: Path | None) -> None:
+    """Train only into a new or empty folder, a folder with a checkpoint to resume, a run of ours asked to
+    resume that never saved a checkpoint (`resuming`), or any folder with `overwrite`; anything else, such
+    as a finished run or another program's model, is refused before anything is written."""
+    if overwrite or resume is not None or not output_dir.exists():
         return
-    raise UserInputError(
-        f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
-        "continue it or --overwrite_output_dir to start over"
-    )
+    if not output_dir.is_dir():
+        raise UserInputError(f"--output_dir {output_dir} is a file, not a folder")
+    if (output_dir / RUN_RECORD).exists():
+        if resuming:
+            return
+        raise UserInputError(
+            f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
+            "continue it or --overwrite_output_dir to start over"
+        )
+    found = sorted(path.name for path in output_dir.iterdir())
+    if found:
+        raise UserInputError(
+            f"--output_dir {output_dir} is not empty ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) "
+            "and holds no ddpm-zoo run; choose another folder or pass --overwrite_output_dir to train into it"
+        )
+
+
+def unet_config_record(unet: UNet2DModel) -> dict:
+    """The UNet's config as JSON stores it (lists, no private keys), for comparing a checkpoint with a run."""
+    return json.loads(json.dumps({key: value for key, value in unet.config.items() if not key.startswith("_")}))
+
+
+def read_progress(path: Path) -> TrainingProgress:
+    """The progress a checkpoint recorded (older checkpoints lack the loss fields)."""
+    state = json.loads((path / STATE_FILE).read_text())
+    fields = {field.name for field in dataclasses.fields(TrainingProgress)}
+    return TrainingProgress(**{key: value for key, value in state.items() if key in fields})
+
+
+def check_resumable(path: Path, unet: UNet2DModel, use_ema: bool) -> None:
+    """Refuse a checkpoint this run cannot continue, before anything is written: another UNet (checkpoints
+    record its config) or EMA weights missing under --use_ema / present under --no-use_ema."""
+    recorded = json.loads((path / STATE_FILE).read_text()).get("unet_config")
+    current = unet_config_record(unet)
+    if recorded is not None and recorded != current:
+        keys = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
+        raise UserInputError(
+            f"--resume_from_checkpoint {path} holds a UNet that differs from this run's in {', '.join(keys)}; "
+            "resume with the options it was trained with (--preset, --model_config_name_or_path, --resolution, "
+            "data classes)"
+        )
+    has_ema = (path / EMA_FOLDER).is_dir()
+    if has_ema != use_ema:
+        written = "with" if has_ema else "without"
+        raise UserInputError(
+            f"--resume_from_checkpoint {path} was written {written} EMA weights; continue it with "
+            f"{'--use_ema' if has_ema else '--no-use_ema'}"
+        )
 
 
 def save_checkpoint(
     accelerator: Accelerator,
     ema: EMAModel | None,
     output_dir: Path,
-    step: int,
+    progress: TrainingProgress,
     total_limit: int | None,
-    train_seconds: float = 0.0,
+    unet_config: dict,
     guide: UNet2DModel | None = None,
 ) -> Path:
     """Every process writes its part into `.checkpoint-<step>.tmp`; the main process then adds the EMA
-    and the state file (step, training seconds so far) and renames the folder into place, then prunes
-    to `total_limit`."""
+    and the state file (progress, process count, UNet config) and renames the folder into place, then
+    prunes to `total_limit`."""
+    step = progress.global_step
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     staging = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process and staging.exists():
@@ -86,15 +151,19 @@ def save_checkpoint(
         accelerator.save_state(str(staging))
         if accelerator.is_main_process:
             if ema is not None:
-                ema.save_pretrained(str(staging / "unet_ema"))
+                ema.save_pretrained(str(staging / EMA_FOLDER))
             if guide is not None:
                 guide.save_pretrained(str(staging / GUIDE_FOLDER))
-            state = {"global_step": step, "num_processes": accelerator.num_processes, "train_seconds": train_seconds}
-            (staging / STATE_FILE).write_text(json.dumps(state))
+            state = {
+                **dataclasses.asdict(progress),
+                "num_processes": accelerator.num_processes,
+                "unet_config": unet_config,
+            }
+            (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
             if final.exists():
                 shutil.rmtree(final)
             staging.rename(final)
-            prune_checkpoints(output_dir, total_limit)
+            prune_checkpoints(output_dir, total_limit, newest=step)
     except Exception as error:  # safetensors and torch.save report a full disk as their own errors
         shutil.rmtree(staging, ignore_errors=True)
         raise CheckpointWriteError(f"writing {final.name} failed ({error})") from error
@@ -102,24 +171,36 @@ def save_checkpoint(
     return final
 
 
-def prune_checkpoints(output_dir: Path, total_limit: int | None) -> None:
-    """Keep the newest `total_limit` (>= 1) complete checkpoints, so the newest is never deleted."""
+def prune_checkpoints(output_dir: Path, total_limit: int | None, newest: int) -> None:
+    """Called after checkpoint `newest` was written: it is the newest, so never deleted.
+
+    Complete checkpoints above it belong to a branch that was abandoned by resuming from an older one;
+    they are renamed `abandoned-checkpoint-<step>` (logged, never deleted), so `--resume_from_checkpoint
+    latest` can never jump back onto that branch. Then the newest `total_limit` (>= 1) of the rest are kept.
+    """
     checkpoints = complete_checkpoints(output_dir)
+    for abandoned in (path for path in checkpoints if checkpoint_step(path) > newest):
+        target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}")
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}-{copies}")
+        logger.warning("training went on from an older checkpoint: %s kept as %s", abandoned.name, target.name)
+        abandoned.rename(target)
+    kept = [path for path in checkpoints if checkpoint_step(path) <= newest]
     if total_limit is not None:
-        for old in checkpoints[: max(0, len(checkpoints) - max(total_limit, 1))]:
+        for old in kept[: max(0, len(kept) - max(total_limit, 1))]:
             shutil.rmtree(old)
 
 
-def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) -> tuple[int, float]:
-    """Restore model, optimizer, schedule, RNG and EMA state; return the checkpoint's step and training
-    seconds so far."""
+def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) -> TrainingProgress:
+    """Restore model, optimizer, schedule, RNG and EMA state; return the checkpoint's progress."""
     accelerator.load_state(str(path))
     if ema is not None:
-        loaded = EMAModel.from_pretrained(str(path / "unet_ema"), model_cls=UNet2DModel, foreach=True)
+        loaded = EMAModel.from_pretrained(str(path / EMA_FOLDER), model_cls=UNet2DModel, foreach=True)
         ema.load_state_dict(loaded.state_dict())
         ema.to(accelerator.device)
-    state = json.loads((path / STATE_FILE).read_text())
-    return int(state["global_step"]), float(state.get("train_seconds", 0.0))
+    return read_progress(path)
 
 
 def load_guide(path: Path) -> UNet2DModel | None:

@@ -22,6 +22,8 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 ATTENTION_KERNELS = ("auto", "sdpa", "classic")
 LOGGERS = ("tensorboard", "wandb", "none")
 SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
+POLYNOMIAL_LR_END = 1e-7  # diffusers' get_scheduler("polynomial") decays to this and needs a larger learning rate
+MAX_SEED = 2**32 - 1  # Accelerate's set_seed seeds NumPy, which takes 0..2**32 - 1
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainingConfig:
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
     save_images_steps: int = 500
+    save_images_epochs: int | None = None
     num_sample_images: int = 20
     sample_scheduler: str = "dpmsolver"
     ddpm_num_inference_steps: int = 50
@@ -129,6 +132,12 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     data.add_argument("--label_column")
     data.add_argument("--cache_dir")
     data.add_argument("--resolution", type=int)
+    data.add_argument(
+        "--center_crop",
+        action="store_true",
+        default=None,
+        help="accepted as in diffusers' example; images are always resized (shorter side) and centre-cropped",
+    )
     for name, text in (
         ("random_flip", "randomly flip images horizontally"),
         ("colorize", "tint grayscale digits with seeded palette colors"),
@@ -223,9 +232,14 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     )
     out = parser.add_argument_group("outputs, checkpoints and logging")
     out.add_argument("--output_dir")
-    _bool_flag(out, "overwrite_output_dir", "train into an output_dir that holds a different run")
-    for name in ("checkpointing_steps", "checkpoints_total_limit", "save_images_steps", "num_sample_images"):
+    _bool_flag(out, "overwrite_output_dir", "train into an --output_dir that already holds a run or other files")
+    for name in ("checkpointing_steps", "checkpoints_total_limit", "save_images_steps"):
         out.add_argument(f"--{name}", type=int)
+    out.add_argument(
+        "--save_images_epochs", type=int, help="save a sample grid every N epochs instead of every --save_images_steps"
+    )
+    out.add_argument("--save_model_epochs", type=int, help=argparse.SUPPRESS)  # refused with a hint
+    out.add_argument("--num_sample_images", "--eval_batch_size", type=int, help="images in each sample grid")
     out.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
     out.add_argument("--sample_scheduler", choices=SAMPLE_SCHEDULERS, help="sampler for the sample grids")
     out.add_argument("--ddpm_num_inference_steps", type=int, help="steps for the sample grids")
@@ -250,16 +264,42 @@ def load_unet_config(path: str) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except FileNotFoundError:
         raise UserInputError(f"--model_config_name_or_path: {config_path} does not exist") from None
-    except json.JSONDecodeError as error:
+    except OSError as error:
+        raise UserInputError(f"--model_config_name_or_path: cannot read {config_path} ({error.strerror})") from None
+    except ValueError as error:  # not JSON, or not text at all
         raise UserInputError(f"--model_config_name_or_path: {config_path} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise UserInputError(
+            f"--model_config_name_or_path: {config_path} holds a JSON {type(config).__name__}, not an object"
+        )
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave, with diffusers' example options mapped or refused with a hint."""
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    if "save_model_epochs" in given:
+        raise UserInputError(
+            "--save_model_epochs is not supported: ddpm-zoo publishes the pipeline once, at the end, and saves "
+            "resumable checkpoints every --checkpointing_steps steps; use --checkpointing_steps"
+        )
+    if "save_images_epochs" in given and "save_images_steps" in given:
+        raise UserInputError("give --save_images_steps or --save_images_epochs, not both")
+    given.pop("center_crop", None)  # what the data path always does
+    return given
+
+
 def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfig:
-    """Preset defaults, then every option the user gave; derived values (output_dir, hub_model_id) filled in."""
+    """Preset defaults, then every option the user gave; derived values (output_dir, hub_model_id) filled in.
+
+    `--num_epochs` without `--max_train_steps` replaces the preset's step count; with both, the steps win.
+    """
     preset = get_preset(args.preset)
+    given = given_options(args)
     values: dict[str, Any] = {**preset.training}
-    values.update({key: value for key, value in vars(args).items() if value is not None})
+    if "num_epochs" in given and "max_train_steps" not in given:
+        values.pop("max_train_steps", None)
+    values.update(given)
     values["conditional"] = conditional
     if conditional:  # autoguidance and self-guidance are unconditional presets' defaults; conditional models use CFG
         values.pop("autoguidance_scale", None)
@@ -276,16 +316,8 @@ def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfi
 
 def validate(config: TrainingConfig) -> None:
     """Reject option values that cannot work, before any work starts."""
-    positive = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
-    for name in (*positive, "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps"):
-        if getattr(config, name) < 1:
-            raise UserInputError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("max_train_steps", "num_epochs", "checkpoints_total_limit"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise UserInputError(f"--{name} must be at least 1, got {value}")
-    if config.learning_rate <= 0:
-        raise UserInputError(f"--learning_rate must be positive, got {config.learning_rate}")
+    validate_counts(config)
+    validate_optimizer(config)
     if not (math.isfinite(config.autoguidance_scale) and config.autoguidance_scale >= 0):
         raise UserInputError(f"--autoguidance_scale must be a finite number >= 0, got {config.autoguidance_scale}")
     if not 0 < config.autoguidance_guide_fraction < 1:
@@ -305,6 +337,42 @@ def validate(config: TrainingConfig) -> None:
         check_push_target(config.hub_model_id, None)
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")
+
+
+def validate_counts(config: TrainingConfig) -> None:
+    """Counts, sizes and intervals are at least 1; the sample grids take fewer steps than the noise schedule."""
+    always = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
+    for name in (*always, "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "num_sample_images"):
+        if getattr(config, name) < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("max_train_steps", "num_epochs", "checkpoints_total_limit", "resolution", "save_images_epochs"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {value}")
+    if config.ddpm_num_inference_steps > config.ddpm_num_steps:
+        raise UserInputError(
+            f"--ddpm_num_inference_steps {config.ddpm_num_inference_steps} is more than the "
+            f"--ddpm_num_steps {config.ddpm_num_steps} the model is trained for"
+        )
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UserInputError(f"--seed must be between 0 and {MAX_SEED}, got {config.seed}")
+
+
+def validate_optimizer(config: TrainingConfig) -> None:
+    """The ranges torch's AdamW and diffusers' learning-rate schedules accept."""
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise UserInputError(f"--learning_rate must be a finite positive number, got {config.learning_rate}")
+    if config.lr_scheduler == "polynomial" and config.learning_rate <= POLYNOMIAL_LR_END:
+        raise UserInputError(
+            f"--lr_scheduler polynomial decays to {POLYNOMIAL_LR_END:g}: --learning_rate must be larger, "
+            f"got {config.learning_rate:g}"
+        )
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise UserInputError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
+    for name in ("adam_epsilon", "adam_weight_decay", "lr_warmup_steps"):
+        if not getattr(config, name) >= 0:
+            raise UserInputError(f"--{name} must be >= 0, got {getattr(config, name)}")
 
 
 def validate_self_guidance(config: TrainingConfig) -> None:

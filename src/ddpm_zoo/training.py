@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,12 +38,16 @@ from ddpm_zoo import data as data_lib
 from ddpm_zoo.checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
+    TrainingProgress,
     check_output_dir,
+    check_resumable,
     complete_checkpoints,
     load_checkpoint,
     load_guide,
+    read_progress,
     resolve_resume_path,
     save_checkpoint,
+    unet_config_record,
 )
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
@@ -93,13 +98,20 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
     unet_config = (
         load_unet_config(config.model_config_name_or_path) if config.model_config_name_or_path else dict(preset.unet)
     )
-    unet_config["sample_size"] = config.resolution or unet_config.get("sample_size", 32)
+    if config.resolution is not None:
+        unet_config["sample_size"] = config.resolution
+    unet_config.setdefault("sample_size", 32)
     factor = 2 ** (len(unet_config.get("block_out_channels", (0,) * 4)) - 1)
     if unet_config["sample_size"] % factor:
         raise UserInputError(
             f"--resolution {unet_config['sample_size']} is not divisible by the UNet's downsampling factor {factor}"
         )
     return unet_config
+
+
+def as_json(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples become lists), so configs from a preset and a file compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
@@ -167,7 +179,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     if config.conditional and not class_names:
         raise UserInputError("conditional training needs class names: a ClassLabel label column or a preset's classes")
     source_channels = 1 if config.colorize else unet_channels
-    size = data_lib.in_memory_bytes(len(source.dataset), source_channels, config.resolution)
+    size = data_lib.in_memory_bytes(len(source.dataset), unet_channels, config.resolution)  # what stays in memory
     plan_args = (config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
     if config.streaming or size > IN_MEMORY_LIMIT_BYTES:
         if config.colorize:
@@ -184,8 +196,9 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
             config.resolution,
             unet_channels,
             config.convert_channels,
-            config.conditional,
-            config.dataloader_num_workers,
+            num_classes=len(class_names),
+            num_workers=config.dataloader_num_workers,
+            skip_bad_images=config.skip_bad_images,
         )
         return PreparedData(batches, plan, class_names)
     decoded = data_lib.decode_dataset(
@@ -195,6 +208,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
         config.convert_channels,
         config.skip_bad_images,
         with_labels=config.conditional,
+        needed_by="the colorizer" if config.colorize else "the model",
     )
     if decoded.skipped:
         logger.warning("skipped %d unreadable images", decoded.skipped)
@@ -203,11 +217,7 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     if decoded.images.shape[1] != unet_channels:
         raise UserInputError(f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}")
     if decoded.labels is not None:
-        outside = (decoded.labels < 0) | (decoded.labels >= len(class_names))
-        if bool(outside.any()):
-            raise UserInputError(
-                f"label {int(decoded.labels[outside][0])} is outside the model's classes 0..{len(class_names) - 1}"
-            )
+        data_lib.check_labels(decoded.labels, len(class_names))
     cluster_sizes: tuple[int, ...] = ()
     if config.self_guidance_clusters:
         assignments = cluster_images(decoded.images, config.self_guidance_clusters, config.seed).assignments
@@ -249,8 +259,9 @@ def guide_step(config: TrainingConfig, max_train_steps: int) -> int | None:
 
 def step_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
     """All randomness of one micro-batch (noise, timesteps, flips, label drops, dropout) comes from
-    this seed, so a resumed run draws exactly what an uninterrupted one would."""
-    return (seed * 1_000_003 + step * 1_009 + micro_step * 101 + process_index) % (2**63 - 1)
+    this seed, so a resumed run draws exactly what an uninterrupted one would. NumPy's SeedSequence
+    hashes the four numbers, so no two micro-batches share a seed whatever the accumulation or process count."""
+    return int(np.random.SeedSequence([seed, step, micro_step, process_index]).generate_state(1, np.uint64)[0])
 
 
 def training_target(
@@ -292,13 +303,17 @@ class LossMeter:
 
     running: torch.Tensor
     micro_batches: int = 0
-    last: float = float("nan")
+    last: float | None = None
     total: float = 0.0
     count: int = 0
 
     @property
-    def average(self) -> float:
-        return self.total / max(self.count, 1)
+    def average(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+    def restore(self, progress: TrainingProgress) -> None:
+        """Continue the loss a checkpoint recorded, so a resumed run reports the whole run's loss."""
+        self.last, self.total, self.count = progress.loss_last, progress.loss_total, progress.loss_count
 
     def steps_in_window(self, config: TrainingConfig) -> int:
         return max(1, self.micro_batches // config.gradient_accumulation_steps)
@@ -338,8 +353,9 @@ class Trainer:
         self.config = config
         self.preset = get_preset(config.preset)
         self.output_dir = Path(config.output_dir)
+        self.resume = resolve_resume_path(config.resume_from_checkpoint, self.output_dir)
         resuming = config.resume_from_checkpoint is not None
-        check_output_dir(self.output_dir, config.overwrite_output_dir, resuming)
+        check_output_dir(self.output_dir, config.overwrite_output_dir, resuming, self.resume)
         unet_config = resolve_unet_config(config, self.preset)
         config.resolution = unet_config["sample_size"]
         project = ProjectConfiguration(
@@ -360,6 +376,9 @@ class Trainer:
         set_seed(config.seed)
         self.labelled = config.conditional or config.self_guidance_clusters > 0
         self.unet = build_unet(unet_config, self.data.num_classes + 1 if self.labelled else None)
+        self.preset_network = as_json(unet_config) == as_json(self.preset.unet)
+        if self.resume is not None:
+            check_resumable(self.resume, self.unet, config.use_ema)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
@@ -368,9 +387,18 @@ class Trainer:
         )
         steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
+        if self.resume is not None and read_progress(self.resume).global_step > self.max_train_steps:
+            raise UserInputError(
+                f"--resume_from_checkpoint {self.resume} is past the run's {self.max_train_steps} steps; "
+                "raise --max_train_steps or --num_epochs"
+            )
+        self.save_images_steps = (
+            config.save_images_epochs * steps_per_epoch if config.save_images_epochs else config.save_images_steps
+        )
         self.guide_step = guide_step(config, self.max_train_steps)
         self.guide_unet: UNet2DModel | None = None
         self.hub_repo_id = prepare_push_repo(config, self.accelerator)
+        self.meter = LossMeter(torch.zeros((), device=self.accelerator.device))
         self._build_optimization()
 
     def _build_optimization(self) -> None:
@@ -417,14 +445,25 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self, step: int) -> Path:
-        elapsed = time.perf_counter() - self.start_time + self.resumed_seconds
+        """Checkpoint the weights at `step`, which must be finite: weights that are not stop the run (exit 3)
+        and are neither checkpointed nor published."""
+        if not parameters_finite(self.unet):
+            raise TrainingStopped(self.divergence_message(f"the weights became non-finite by step {step}"), 3)
+        meter = self.meter
+        progress = TrainingProgress(
+            global_step=step,
+            train_seconds=time.perf_counter() - self.start_time + self.resumed_seconds,
+            loss_last=meter.last,
+            loss_total=meter.total,
+            loss_count=meter.count,
+        )
         path = save_checkpoint(
             self.accelerator,
             self.ema,
             self.output_dir,
-            step,
+            progress,
             self.config.checkpoints_total_limit,
-            elapsed,
+            unet_config_record(self.unet),
             guide=self.guide_unet,
         )
         self.last_checkpoint_step = step
@@ -536,13 +575,17 @@ class Trainer:
             autoguidance_guide_step=self.guide_step if self.guide_unet is not None else None,
             self_guidance_clusters=len(self.data.cluster_sizes) or None,
             self_guidance_scale=config.self_guidance_scale if self.data.cluster_sizes else None,
+            use_ema=config.use_ema,
+            beta_schedule=config.ddpm_beta_schedule,
+            num_train_timesteps=config.ddpm_num_steps,
+            preset_network=self.preset_network,
         )
         card = render_model_card(card_summary, repo_id=self.hub_repo_id)
         summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": self.hub_repo_id}
         extra = {
             "samples/grid.png": buffer.getvalue(),
             "README.md": str(card).encode(),
-            "training_summary.json": json.dumps(summary, indent=2).encode(),
+            "training_summary.json": json.dumps(summary, indent=2, allow_nan=False).encode(),
         }
         with self.ema_weights():
             save_pipeline_folder(self.pipeline(), self.output_dir, extra_files=extra)
@@ -550,25 +593,12 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
 
     def train(self) -> dict:
+        """Resume or start, run the loop, checkpoint the last step and publish the pipeline folder."""
         config, accelerator = self.config, self.accelerator
-        resume = resolve_resume_path(config.resume_from_checkpoint, self.output_dir)
-        if accelerator.is_main_process:
-            if config.overwrite_output_dir and resume is None:
-                for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-                    shutil.rmtree(stale)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
-            (self.output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
-            accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
-        start_step, self.resumed_seconds = load_checkpoint(accelerator, self.ema, resume) if resume else (0, 0.0)
-        if resume:
-            guide = load_guide(resume)
-            if guide is not None:
-                self.keep_guide(guide)
-            logger.info("resumed from %s at step %d", resume, start_step)
+        start_step = self.start()
         self.last_checkpoint_step = global_step = start_step
         accum = config.gradient_accumulation_steps
-        meter = LossMeter(torch.zeros((), device=accelerator.device))
+        meter = self.meter
         progress = tqdm(
             total=self.max_train_steps,
             initial=global_step,
@@ -606,6 +636,31 @@ class Trainer:
         self.save_final_pipeline(summary)
         accelerator.end_training()
         return summary
+
+    def start(self) -> int:
+        """Load the checkpoint to resume (weights, EMA, guide, loss so far), then write the run record and
+        start the trackers, so a checkpoint that cannot be loaded leaves the folder as it was. Returns the
+        step training starts from."""
+        config, accelerator, resume = self.config, self.accelerator, self.resume
+        state = load_checkpoint(accelerator, self.ema, resume) if resume else TrainingProgress()
+        if accelerator.is_main_process:
+            if config.overwrite_output_dir and resume is None:
+                for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+                    shutil.rmtree(stale)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
+            (self.output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
+            accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
+        self.resumed_seconds = state.train_seconds
+        self.meter.restore(state)
+        if resume:
+            guide = load_guide(resume)
+            if guide is not None:
+                self.keep_guide(guide)
+            logger.info("resumed from %s at step %d", resume, state.global_step)
+            if state.global_step == self.max_train_steps:
+                logger.info("%s is the run's last step: publishing it without training", resume)
+        return state.global_step
 
     def optimizer_steps(self, global_step: int, meter: "LossMeter") -> Iterator[int]:
         """The hot loop: micro-batches in plan order from `global_step` on; yields after each optimizer
@@ -650,7 +705,9 @@ class Trainer:
             )
             loss, signalled = accelerator.reduce(status, reduction="mean").tolist()
             if not math.isfinite(loss):
-                raise TrainingStopped(self.divergence_message(step, meter.steps_in_window(config)), exit_code=3)
+                first = step - meter.steps_in_window(config) + 1
+                message = self.divergence_message(f"loss became non-finite between steps {first} and {step}")
+                raise TrainingStopped(message, exit_code=3)
             meter.close_window(loss)
             progress.set_postfix(loss=f"{loss:.4f}", avg_loss=f"{meter.average:.4f}")
             logs = {"loss": loss, "avg_loss": meter.average, "lr": self.lr_scheduler.get_last_lr()[0]}
@@ -658,10 +715,8 @@ class Trainer:
             if signalled:
                 raise TrainingStopped(self.stop_message(step), 128 + (stop.signal_number or signal.SIGTERM))
         if due_checkpoint:
-            if not parameters_finite(self.unet):
-                raise TrainingStopped(self.divergence_message(step, 1), exit_code=3)
             self.save_checkpoint(step)
-        if step % config.save_images_steps == 0:
+        if step % self.save_images_steps == 0:
             self.save_grid(step)
 
     def ema_log(self) -> dict:
@@ -698,13 +753,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return loss
 
-    def divergence_message(self, step: int, window: int) -> str:
+    def divergence_message(self, what: str) -> str:
+        """`what` went wrong; the run stopped, where the last good checkpoint is, and what to try."""
         checkpoints = complete_checkpoints(self.output_dir)
         kept = f"last good checkpoint: {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
-        return (
-            f"loss became non-finite between steps {step - window + 1} and {step}; stopped, {kept}; "
-            "nothing was published (try a lower --learning_rate or --mixed_precision no)"
-        )
+        return f"{what}; stopped, {kept}; nothing was published (try a lower --learning_rate or --mixed_precision no)"
 
     def stop_message(self, step: int) -> str:
         if step != self.last_checkpoint_step:
@@ -755,7 +808,12 @@ def prepare_push_repo(config: TrainingConfig, accelerator: Accelerator) -> str |
 
 def run_training(config: TrainingConfig) -> dict:
     """Train, save the pipeline folder, and push it when asked."""
-    trainer = Trainer(config)
+    try:
+        trainer = Trainer(config)
+    except OSError as error:  # setting up writes nothing: a file or folder it reads is unusable
+        raise UserInputError(
+            f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
+        ) from None
     summary = trainer.train()
     if trainer.hub_repo_id is not None and trainer.accelerator.is_main_process:
         try:
