@@ -487,3 +487,25 @@ def test_training_checks_the_push_target_before_its_first_step(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hub at http://127.0.0.1:9")
     assert not list(output.glob("checkpoint-*")) and not (output / "model_index.json").exists()
+
+
+def test_a_repo_the_token_cannot_write_is_refused_before_training(hub_server, tmp_path):
+    """create_repo(exist_ok=True) accepts someone else's existing repo; the write check must not."""
+    from ddpm_zoo.hub import create_push_repo
+
+    HfApi(token=OTHER_TOKEN).create_repo("someone-else/theirs")
+    with pytest.raises(UserInputError, match=r"someone-else/theirs exists, and tester's token cannot write to it"):
+        create_push_repo("someone-else/theirs", token=TEST_TOKEN)
+    assert create_push_repo("mine", token=TEST_TOKEN) == f"{TEST_USER}/mine"
+
+
+def test_a_hand_edited_card_is_pushed_as_it_is(hub_server, tmp_path):
+    folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
+    summary = {"card": dataclasses.asdict(tiny_summary(False)), "hub_model_id": None}
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+    edited = (folder / "README.md").read_text() + "\nMy own notes.\n"
+    (folder / "README.md").write_text(edited)
+    push_pipeline_folder(folder, f"{TEST_USER}/edited", token=TEST_TOKEN)
+    repo = hub_server.repos[("model", f"{TEST_USER}/edited")]
+    assert hub_server.read(repo.resolve("main").files["README.md"]).decode() == edited
+    assert (folder / "README.md").read_text() == edited

@@ -17,10 +17,12 @@ import datasets
 import pytest
 import torch
 from conftest import REPO_ROOT, tiny_training_args, write_tiny_unet_config
+from diffusers import UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
 
 from ddpm_zoo import checkpoints
+from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.training import main as training_main
 
 SCRIPT = str(REPO_ROOT / "train_unconditional.py")
@@ -101,6 +103,51 @@ def test_pruning_keeps_the_checkpoint_just_written_and_sets_the_abandoned_branch
     assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-4"]
     assert (tmp_path / "abandoned-checkpoint-6-2" / checkpoints.STATE_FILE).exists()
     assert checkpoints.resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-4"
+
+
+def test_a_run_record_without_checkpoints_or_pipeline_does_not_block_a_rerun(tmp_path):
+    """A run that stopped before saving anything (e.g. on a corrupt image while streaming) holds nothing to lose."""
+    (tmp_path / checkpoints.RUN_RECORD).write_text("{}")
+    (tmp_path / "logs").mkdir()
+    checkpoints.check_output_dir(tmp_path, overwrite=False, resuming=False, resume=None)
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / checkpoints.STATE_FILE).write_text("{}")
+    with pytest.raises(UserInputError, match="already holds a training run"):
+        checkpoints.check_output_dir(tmp_path, overwrite=False, resuming=False, resume=None)
+
+
+def test_a_checkpoint_records_its_unet_and_tolerates_options_added_later(tmp_path):
+    unet = UNet2DModel(**json.loads((Path(write_tiny_unet_config(tmp_path)) / "config.json").read_text()))
+    state = {"global_step": 3, "unet_config": checkpoints.unet_config_record(unet)}
+    del state["unet_config"]["norm_eps"]  # as if written by a diffusers without that option
+    (tmp_path / checkpoints.STATE_FILE).write_text(json.dumps(state))
+    checkpoints.check_resumable(tmp_path, unet, use_ema=False)
+    state["unet_config"]["norm_num_groups"] = 1
+    (tmp_path / checkpoints.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(UserInputError, match="differs from this run's in norm_num_groups"):
+        checkpoints.check_resumable(tmp_path, unet, use_ema=False)
+    (tmp_path / checkpoints.STATE_FILE).write_text("{truncated")
+    with pytest.raises(UserInputError, match="training_state.json cannot be read"):
+        checkpoints.check_resumable(tmp_path, unet, use_ema=False)
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, unet_config):
+    """The first new checkpoint lands on the step of an abandoned one: that one is renamed, not overwritten."""
+    output = tmp_path / "run"
+    args = {"checkpoints_total_limit": "5", "self_guidance_clusters": "0"}
+    assert run_script(tiny_training_args(output, unet_config, steps=9, **args)).returncode == 0
+    old_six = folder_digest(output / "checkpoint-6")
+    resumed = run_script(
+        tiny_training_args(output, unet_config, steps=9, resume_from_checkpoint="checkpoint-3", **args)
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert folder_digest(output / "abandoned-checkpoint-6") == old_six
+    assert (output / "abandoned-checkpoint-9").is_dir()
+    assert [p.name for p in checkpoints.complete_checkpoints(output)] == [
+        "checkpoint-3",
+        "checkpoint-6",
+        "checkpoint-9",
+    ]
 
 
 def test_sigkill_then_resume_reaches_the_same_parameters(tmp_path, unet_config):
@@ -400,17 +447,20 @@ def test_output_dir_with_another_model_is_refused_unless_overwritten(tmp_path, u
     (output / "unet" / "config.json").write_text("{}")
     (output / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
     (output / "README.md").write_text("my model")
+    (output / "checkpoint-500").mkdir()  # diffusers' example's checkpoint: not ours to delete
+    (output / "checkpoint-500" / "optimizer.bin").write_bytes(b"state")
     before = folder_digest(output)
     args = tiny_training_args(output, unet_config, steps=1) + (["--overwrite_output_dir"] if overwrite else [])
     result = run_script(args)
     if overwrite:
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads((output / "model_index.json").read_text())["_class_name"][0] == "pipeline"
+        assert (output / "checkpoint-500" / "optimizer.bin").read_bytes() == b"state"
         return
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --output_dir {output} is not empty (README.md, model_index.json, unet) and holds no ddpm-zoo run; "
-        "choose another folder or pass --overwrite_output_dir to train into it"
+        f"error: --output_dir {output} is not empty (README.md, checkpoint-500, model_index.json, ...) and holds no "
+        "ddpm-zoo run; choose another folder or pass --overwrite_output_dir to train into it"
     ]
     assert folder_digest(output) == before
 

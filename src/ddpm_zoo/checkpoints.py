@@ -74,16 +74,16 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: Path) ->
 
 
 def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, resume: Path | None) -> None:
-    """Train only into a new or empty folder, a folder with a checkpoint to resume, a run of ours asked to
-    resume that never saved a checkpoint (`resuming`), or any folder with `overwrite`; anything else, such
-    as a finished run or another program's model, is refused before anything is written."""
+    """Train only into a new or empty folder, a folder with a checkpoint to resume, a run of ours that
+    saved no checkpoint and no pipeline, or any folder with `overwrite`; anything else, such as a finished
+    run or another program's model, is refused before anything is written."""
     if overwrite or resume is not None or not output_dir.exists():
         return
     if not output_dir.is_dir():
         raise UserInputError(f"--output_dir {output_dir} is a file, not a folder")
     if (output_dir / RUN_RECORD).exists():
-        if resuming:
-            return
+        if resuming or not (complete_checkpoints(output_dir) or (output_dir / "model_index.json").exists()):
+            return  # continuing it, or a run that stopped before saving anything (e.g. on a corrupt image)
         raise UserInputError(
             f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
             "continue it or --overwrite_output_dir to start over"
@@ -101,9 +101,20 @@ def unet_config_record(unet: UNet2DModel) -> dict:
     return json.loads(json.dumps({key: value for key, value in unet.config.items() if not key.startswith("_")}))
 
 
+def read_state(path: Path) -> dict:
+    """A checkpoint's `training_state.json`; an unreadable one is a clear error."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{path / STATE_FILE} cannot be read ({error}); resume from another checkpoint") from None
+    if not isinstance(state, dict):
+        raise UserInputError(f"{path / STATE_FILE} holds no training state; resume from another checkpoint")
+    return state
+
+
 def read_progress(path: Path) -> TrainingProgress:
     """The progress a checkpoint recorded (older checkpoints lack the loss fields)."""
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_state(path)
     fields = {field.name for field in dataclasses.fields(TrainingProgress)}
     return TrainingProgress(**{key: value for key, value in state.items() if key in fields})
 
@@ -111,10 +122,11 @@ def read_progress(path: Path) -> TrainingProgress:
 def check_resumable(path: Path, unet: UNet2DModel, use_ema: bool) -> None:
     """Refuse a checkpoint this run cannot continue, before anything is written: another UNet (checkpoints
     record its config) or EMA weights missing under --use_ema / present under --no-use_ema."""
-    recorded = json.loads((path / STATE_FILE).read_text()).get("unet_config")
+    recorded = read_state(path).get("unet_config")
     current = unet_config_record(unet)
-    if recorded is not None and recorded != current:
-        keys = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
+    # Keys the record lacks are options a newer diffusers added with their defaults: not a difference.
+    keys = sorted(key for key in recorded or {} if recorded[key] != current.get(key))
+    if keys:
         raise UserInputError(
             f"--resume_from_checkpoint {path} holds a UNet that differs from this run's in {', '.join(keys)}; "
             "resume with the options it was trained with (--preset, --model_config_name_or_path, --resolution, "
@@ -160,8 +172,8 @@ def save_checkpoint(
                 "unet_config": unet_config,
             }
             (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
-            if final.exists():
-                shutil.rmtree(final)
+            if final.exists():  # a checkpoint of the same step from a branch left by resuming from an older one
+                set_aside(final)
             staging.rename(final)
             prune_checkpoints(output_dir, total_limit, newest=step)
     except Exception as error:  # safetensors and torch.save report a full disk as their own errors
@@ -169,6 +181,17 @@ def save_checkpoint(
         raise CheckpointWriteError(f"writing {final.name} failed ({error})") from error
     accelerator.wait_for_everyone()
     return final
+
+
+def set_aside(abandoned: Path) -> None:
+    """Rename a checkpoint of an abandoned branch `abandoned-checkpoint-<step>` (`-2`, `-3`... when taken)."""
+    target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}")
+    copies = 1
+    while target.exists():
+        copies += 1
+        target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}-{copies}")
+    logger.warning("training went on from an older checkpoint: %s kept as %s", abandoned.name, target.name)
+    abandoned.rename(target)
 
 
 def prune_checkpoints(output_dir: Path, total_limit: int | None, newest: int) -> None:
@@ -180,13 +203,7 @@ def prune_checkpoints(output_dir: Path, total_limit: int | None, newest: int) ->
     """
     checkpoints = complete_checkpoints(output_dir)
     for abandoned in (path for path in checkpoints if checkpoint_step(path) > newest):
-        target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}")
-        copies = 1
-        while target.exists():
-            copies += 1
-            target = abandoned.with_name(f"{ABANDONED_PREFIX}{abandoned.name}-{copies}")
-        logger.warning("training went on from an older checkpoint: %s kept as %s", abandoned.name, target.name)
-        abandoned.rename(target)
+        set_aside(abandoned)
     kept = [path for path in checkpoints if checkpoint_step(path) <= newest]
     if total_limit is not None:
         for old in kept[: max(0, len(kept) - max(total_limit, 1))]:

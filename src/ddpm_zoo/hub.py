@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import diffusers
+import yaml
 from diffusers import DiffusionPipeline
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, snapshot_download
 from huggingface_hub.errors import (
@@ -317,19 +318,33 @@ def refresh_model_card(
     if repo_id is not None:
         recorded["hub_model_id"] = repo_id
         _replace_file(folder / "training_summary.json", json.dumps(recorded, indent=2))
-    fields = {**recorded["card"], "class_names": tuple(recorded["card"].get("class_names", ()))}
-    card = render_model_card(TrainingSummary(**fields), recorded.get("hub_model_id"), eval_results)
     readme = folder / "README.md"
-    _replace_file(readme, str(card))
+    _replace_file(readme, str(_recorded_card(recorded, eval_results)))
     return readme
 
 
+def _recorded_card(recorded: dict, eval_results: list[EvalResult] | None) -> ModelCard:
+    """The card training (or `evaluate`) rendered for a recorded run."""
+    fields = {**recorded["card"], "class_names": tuple(recorded["card"].get("class_names", ()))}
+    return render_model_card(TrainingSummary(**fields), recorded.get("hub_model_id"), eval_results)
+
+
 def retarget_model_card(folder: Path, repo_id: str) -> None:
-    """Point a trained folder's card (title, `from_pretrained` snippet) at `repo_id`, keeping its model-index."""
+    """Point a trained folder's card (title, `from_pretrained` snippet) at `repo_id`, keeping its model-index;
+    a card edited by hand (it differs from what ddpm-zoo rendered) is left as it is."""
     recorded = _recorded_training(folder)
-    if recorded is None or recorded.get("hub_model_id") == repo_id or not (folder / "README.md").is_file():
+    readme = folder / "README.md"
+    if recorded is None or recorded.get("hub_model_id") == repo_id or not readme.is_file():
         return
-    eval_results = ModelCard.load(folder / "README.md").data.eval_results
+    text = readme.read_text()
+    try:
+        eval_results = ModelCard(text).data.eval_results
+        rendered = str(_recorded_card(recorded, eval_results))
+    except (ValueError, TypeError, yaml.YAMLError):
+        rendered = None
+    if text != rendered:
+        logger.warning("%s was edited by hand: it keeps the repo id it names", readme)
+        return
     refresh_model_card(folder, eval_results, repo_id)
 
 
@@ -421,6 +436,23 @@ def hub_error_message(error: HTTPError | OfflineModeIsEnabled, repo_id: str) -> 
     return message
 
 
+def check_write_access(api: HfApi, repo_id: str) -> None:
+    """`create_repo(exist_ok=True)` also accepts an existing repo the token may only read: refuse a namespace
+    that is neither the token's user nor an organisation it may write to, and a read-only token."""
+    account = api.whoami()
+    writable = {account.get("name")} | {
+        org.get("name") for org in account.get("orgs", []) if org.get("roleInOrg") not in ("read", "contributor")
+    }
+    role = account.get("auth", {}).get("accessToken", {}).get("role")
+    namespace = repo_id.split("/")[0]
+    if namespace not in writable or role == "read":
+        what = "a read-only token" if role == "read" else f"{account.get('name')}'s token"
+        raise UserInputError(
+            f"{repo_id} exists, and {what} cannot write to it; push to a repo of your own (e.g. "
+            f"{account.get('name')}/{repo_id.split('/')[-1]}) or use a token with write access"
+        )
+
+
 def create_push_repo(repo_id: str, private: bool = False, token: str | None = None, revision: str | None = None) -> str:
     """Create the Hub repo `repo_id` (and branch `revision`) if needed and return its full id (`user/name`).
 
@@ -432,6 +464,7 @@ def create_push_repo(repo_id: str, private: bool = False, token: str | None = No
     api = HfApi(token=token)
     try:
         full_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
+        check_write_access(api, full_id)
         if private and not api.repo_info(full_id).private:
             raise UserInputError(
                 f"{full_id} already exists and is public; --private does not change the visibility of an "

@@ -644,8 +644,8 @@ class Trainer:
         config, accelerator, resume = self.config, self.accelerator, self.resume
         state = load_checkpoint(accelerator, self.ema, resume) if resume else TrainingProgress()
         if accelerator.is_main_process:
-            if config.overwrite_output_dir and resume is None:
-                for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            if config.overwrite_output_dir and resume is None:  # ddpm-zoo's own checkpoints, no one else's
+                for stale in complete_checkpoints(self.output_dir):
                     shutil.rmtree(stale)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
