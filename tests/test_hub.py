@@ -255,6 +255,9 @@ def test_folders_that_cannot_be_published_are_refused(tmp_path):
     (folder / "pipeline.py").unlink()
     with pytest.raises(UserInputError, match="pipeline.py, which is missing"):
         publishable_files(folder)
+    (folder / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(UserInputError, match="holds a JSON list, not a pipeline index"):
+        publishable_files(folder)
 
 
 @pytest.mark.parametrize(

@@ -372,9 +372,12 @@ def read_model_index(folder: Path) -> dict:
             "(training writes one to --output_dir; save_pipeline_folder writes one too)"
         )
     try:
-        return json.loads(index_path.read_text())
+        index = json.loads(index_path.read_text())
     except json.JSONDecodeError as error:
         raise UserInputError(f"{index_path} is not valid JSON: {error}") from None
+    if not isinstance(index, dict):
+        raise UserInputError(f"{index_path} holds a JSON {type(index).__name__}, not a pipeline index")
+    return index
 
 
 def check_weights(folder: Path, component: str) -> None:
