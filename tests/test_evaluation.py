@@ -4,14 +4,16 @@ evaluate` end to end on a test-sized random model (offline)."""
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_unet
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, ImagePipelineOutput
 from huggingface_hub import ModelCardData
 from PIL import Image
+from safetensors.torch import save_file
 
 from ddpm_zoo import evaluation as ev
 from ddpm_zoo.data import COLOR_NAMES, color_indices, colorize, load_mnist_5k_arrays
@@ -125,13 +127,29 @@ def test_real_held_out_digits_are_close_to_the_reference_and_noise_is_far(held_o
     assert fd_real * 20 < fd_noise
 
 
-def test_reference_statistics_are_cached_by_dataset_and_classifier(eval_cache):
-    reference = ev.digit_reference()
-    first = ev.reference_digit_statistics(reference)
-    cached = list(ev.cache_dir().glob("digit-features-*.safetensors"))
-    assert cached and str(cached[0]).startswith(eval_cache)
-    second = ev.reference_digit_statistics(reference)
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+def test_reference_statistics_are_cached_by_dataset_and_classifier(eval_cache, digits, monkeypatch):
+    def statistics(reference: ev.Reference) -> tuple[Path, tuple[torch.Tensor, torch.Tensor]]:
+        """The statistics and the cache file they were written to (a new one)."""
+        before = set(ev.cache_dir().glob("digit-features-*.safetensors"))
+        stats = ev.reference_digit_statistics(reference)
+        (new,) = set(ev.cache_dir().glob("digit-features-*.safetensors")) - before
+        return new, stats
+
+    reference = ev.Reference("a", "test", "a", digits[0][:64], key="first-64-digits")
+    path, (mu, sigma) = statistics(reference)
+    assert str(path).startswith(eval_cache)
+    _, features = ev.classify(reference.images)
+    torch.testing.assert_close((mu, sigma), ev.feature_statistics(features))
+    # a second call reads the cache: what is planted there comes back
+    planted = {"mu": torch.zeros_like(mu), "sigma": torch.eye(len(mu), dtype=mu.dtype)}
+    save_file(planted, str(path))
+    assert torch.equal(ev.reference_digit_statistics(reference)[0], planted["mu"])
+    # other data (another content key) and another classifier (another sha256) get their own entries
+    _, (other_mu, _) = statistics(dataclasses.replace(reference, key="other-digits"))
+    assert torch.equal(other_mu, mu)
+    metadata = {**ev.classifier_metadata(), "sha256": "0" * 64}
+    monkeypatch.setattr(ev, "classifier_metadata", lambda: metadata)
+    statistics(reference)
 
 
 def test_color_accuracy_of_colorizer_output_is_100_percent(digits):
@@ -165,6 +183,8 @@ def test_evaluate_pipeline_scores_an_unconditional_model(capsys):
         pipeline, num_samples=6, batch_size=4, scheduler="ddim", num_inference_steps=2, digits=True, progress=False
     )
     assert row["scheduler"] == "ddim" and row["guidance_scale"] is None
+    assert row["batch_size"] == 4  # part of the protocol: the noise is drawn batch by batch
+    assert ev.describe_setting(row) == "ddim, 2 steps, 6 samples in batches of 4, seed 0"
     assert 0 <= row["recognisability"] <= 1 and row["fd_digits"] > 0 and row["samples_per_second"] > 0
     assert "conditional_accuracy" not in row and "color_accuracy" not in row
     assert sum(row["digit_counts"]) == 6
@@ -224,6 +244,8 @@ def test_cli_writes_to_the_output_path(tmp_path):
         (["--guidance", "-1"], "--guidance"),
         (["--scheduler", "magic"], "--scheduler"),
         (["--num_samples", "1"], "--num_samples"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_cli_rejects_bad_options(tmp_path, argv, message):
@@ -277,12 +299,11 @@ def test_non_digit_model_needs_a_reference():
         ev.make_context(pipeline)
 
 
-def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_path):
-    from huggingface_hub import ModelCard
-
+def trained_folder(path: Path) -> Path:
+    """A saved colored conditional model with the model card and training_summary.json training writes."""
     from ddpm_zoo.hub import TrainingSummary, render_model_card
 
-    folder = save_pipeline_folder(tiny_colored_conditional(), tmp_path / "model")
+    folder = save_pipeline_folder(tiny_colored_conditional(), path)
     card_summary = TrainingSummary(
         preset="colored-mnist", conditional=True, dataset="mnist-5k", resolution=8, max_train_steps=3,
         total_batch_size=16, learning_rate=1e-3, mixed_precision="no", hardware="1 x CPU", wall_time_s=1.0,
@@ -290,6 +311,13 @@ def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_pa
     )  # fmt: skip
     (folder / "README.md").write_text(str(render_model_card(card_summary)))
     (folder / "training_summary.json").write_text(json.dumps({"card": dataclasses.asdict(card_summary)}))
+    return folder
+
+
+def test_evaluating_a_trained_folder_puts_the_results_into_its_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = trained_folder(tmp_path / "model")
     assert "model-index" not in ModelCard.load(folder / "README.md").data.to_dict()
     argv = ["--num_samples", "4", "--steps", "1", "--guidance", "1,3", "--no_extra_metrics", "--device", "cpu"]
     args = evaluate_args(str(folder), *argv)
@@ -322,3 +350,198 @@ def test_a_local_reference_folder_is_named_without_its_path(tmp_path):
         "my-digits",
     )
     assert reference.images.shape == (3, 1, 8, 8) and reference.images.dtype == torch.uint8
+
+
+FAST = ["--num_samples", "4", "--steps", "1", "--no_extra_metrics", "--device", "cpu"]
+
+
+def test_results_written_elsewhere_leave_the_model_card_alone(tmp_path, capsys):
+    folder = trained_folder(tmp_path / "model")
+    card = (folder / "README.md").read_bytes()
+    args = evaluate_args(str(folder), *FAST, "--output", str(tmp_path / "other.json"))
+    assert args.func(args) == 0
+    assert (tmp_path / "other.json").exists() and (folder / "README.md").read_bytes() == card
+    assert "model card left alone" in capsys.readouterr().out
+
+
+def test_a_row_without_metrics_leaves_the_model_card_alone(tmp_path):
+    folder = trained_folder(tmp_path / "model")
+    card = (folder / "README.md").read_bytes()
+    document = {"results": [{"scheduler": "dpmsolver", "num_samples": 4, "samples_per_second": 9.0}]}
+    ev.update_model_card(folder, document, 0, folder / ev.RESULTS_FILE)
+    assert (folder / "README.md").read_bytes() == card
+
+
+@pytest.mark.parametrize("summary", ["not json", json.dumps({"card": {"preset": "colored-mnist"}})])
+def test_an_unusable_training_summary_is_a_warning_and_the_results_stay(tmp_path, capsys, summary):
+    folder = trained_folder(tmp_path / "model")
+    (folder / "training_summary.json").write_text(summary)
+    card = (folder / "README.md").read_bytes()
+    args = evaluate_args(str(folder), *FAST)
+    assert args.func(args) == 0
+    assert json.loads((folder / ev.RESULTS_FILE).read_text())["results"][0]["num_samples"] == 4
+    assert (folder / "README.md").read_bytes() == card
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "training_summary" in line]
+    assert warning.startswith("warning: model card left alone")
+
+
+def test_bad_output_paths_are_refused_before_the_model_is_loaded(tmp_path):
+    """The model argument is no model: were it loaded first, the error would be about model_index.json."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "folder.json").mkdir()
+    cases = [(str(tmp_path / "afile") + "/", "is a file"), (str(tmp_path / "folder.json"), "is a folder")]
+    if Path("/proc/self").is_dir():
+        cases.append(("/proc/scores.json", "cannot write"))
+    for output, message in cases:
+        args = evaluate_args(str(tmp_path), "--output", output)
+        with pytest.raises(UserInputError, match=message):
+            args.func(args)
+
+
+def test_step_counts_a_sampler_refuses_fail_before_any_sampling(tmp_path):
+    folder = save_pipeline_folder(tiny_unconditional(), tmp_path / "model")
+    args = evaluate_args(
+        str(folder), *FAST, "--model_kind", "digits", "--scheduler", "dpmsolver,ddpm", "--steps", "1,1001"
+    )
+    with pytest.raises(UserInputError, match="ddpm at 1001 steps"):
+        args.func(args)
+    assert not (folder / ev.RESULTS_FILE).exists()
+    with pytest.raises(UserInputError, match="1001"):  # evaluate_pipeline: the pipeline's own ValueError
+        ev.evaluate_pipeline(tiny_unconditional(), 2, 2, "ddpm", 1001, digits=True, extra=False, progress=False)
+
+
+def test_sweep_defaults_to_the_protocol_sampler():
+    pipeline = tiny_unconditional()
+    context = ev.make_context(pipeline, digits=True, extra=False)
+    (row,) = ev.sweep(pipeline, steps=[1], num_samples=2, batch_size=2, context=context, progress=False)
+    assert row["scheduler"] == "dpmsolver"
+
+
+def test_a_non_digit_model_without_any_usable_metric_is_refused(monkeypatch):
+    monkeypatch.setattr(ev, "inception_unavailable", lambda: "FID/KID skipped: no torchmetrics here")
+    monkeypatch.setattr(ev, "load_dinov2", lambda device: (None, "FD-DINOv2 skipped: no transformers here"))
+    pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(channels=3, size=8), scheduler=DDPMScheduler())
+    reference = ev.Reference("noise", "test", "noise", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), key="zeros")
+    with pytest.raises(UserInputError, match="torchmetrics.*DINOv2"):
+        ev.make_context(pipeline, reference=reference)
+    with pytest.raises(UserInputError, match="--no_extra_metrics"):
+        ev.make_context(pipeline, reference=reference, extra=False)
+
+
+def test_a_one_image_reference_is_refused_and_nothing_is_cached(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(folder / "0.png")
+    before = sorted(ev.cache_dir().glob("*"))
+    with pytest.raises(UserInputError, match="at least 2"):
+        ev.make_context(tiny_unconditional(), digits=True, reference=str(folder))
+    assert sorted(ev.cache_dir().glob("*")) == before
+
+
+def test_results_are_strict_json(tmp_path):
+    with pytest.raises(ValueError):
+        ev.write_results({"results": [{"fd_digits": float("nan")}]}, tmp_path / "r.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_reference_folder_is_named_as_such():
+    with pytest.raises(UserInputError, match="no such reference folder"):
+        ev.dataset_reference("/no/such/folder", resolution=8, channels=1)
+
+
+class FakeMetric:
+    """What InceptionMetrics uses of torchmetrics' FID and KID; `compute` draws from torch's global
+    generator, as KernelInceptionDistance.compute draws its subsets."""
+
+    subset_size = None
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        pass
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        draw = torch.rand(())
+        return draw, draw
+
+
+def test_kid_subsets_are_seeded_and_the_global_generator_is_left_alone():
+    metrics = object.__new__(ev.InceptionMetrics)  # no torchmetrics here: stand-ins for its metrics
+    metrics.fid, metrics.kid, metrics.device, metrics.batch_size, metrics.num_real = (
+        FakeMetric(), FakeMetric(), "cpu", 2, 4
+    )  # fmt: skip
+    metrics.fid.compute = lambda: torch.tensor(1.0)
+    images = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    torch.manual_seed(1)
+    first = metrics(images)["kid"]
+    following = torch.rand(())
+    torch.manual_seed(2)
+    assert metrics(images)["kid"] == first
+    torch.manual_seed(1)
+    assert torch.rand(()) == following  # the caller's random stream is as if KID had drawn nothing
+
+
+def classifier_script():
+    """scripts/train_digit_classifier.py as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_digit_classifier.py"
+    spec = importlib.util.spec_from_file_location("train_digit_classifier", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """The classifier script with its global torch settings and slow reference values stubbed out."""
+    module = classifier_script()
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode: None)
+    for name in ("real_reference_values", "outlier_recognisability", "degraded_reference_values"):
+        monkeypatch.setattr(module, name, lambda *args: {})
+    return module
+
+
+def test_a_classifier_below_the_bar_writes_nothing(script, tmp_path, monkeypatch):
+    (tmp_path / "digit_classifier.safetensors").write_bytes(b"shipped weights")
+    (tmp_path / "digit_classifier.json").write_text("{}")
+    monkeypatch.setattr(script, "train", lambda *args: ev.DigitClassifier().eval())  # untrained: ~10 %
+    monkeypatch.setattr("sys.argv", ["train_digit_classifier.py", "--output_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="below 0.97"):
+        script.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit_classifier.json", "digit_classifier.safetensors"]
+    assert (tmp_path / "digit_classifier.safetensors").read_bytes() == b"shipped weights"
+
+
+def test_a_classifier_that_passes_is_written_with_its_metadata(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "train", lambda *args: ev.load_digit_classifier())
+    monkeypatch.setattr("sys.argv", ["train_digit_classifier.py", "--output_dir", str(tmp_path / "out")])
+    script.main()
+    metadata = json.loads((tmp_path / "out" / "digit_classifier.json").read_text())
+    assert metadata["sha256"] == ev.classifier_metadata()["sha256"]
+    assert metadata["test_accuracy"] == ev.classifier_metadata()["test_accuracy"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "digit_classifier.json", "digit_classifier.safetensors"
+    ]  # fmt: skip
+
+
+class DigitAndColorPipeline(ClassConditionalDDPMPipeline):
+    """A stand-in for a model conditioned on digit and color (none ships yet): it returns a real digit of
+    each requested class in the requested color, and needs both."""
+
+    def __call__(self, class_labels, color_labels, guidance_scale=3.0, generator=None, output_type="pt", **kwargs):
+        arrays, labels = load_mnist_5k_arrays()
+        first = [int(np.flatnonzero(labels == digit)[-1]) for digit in class_labels]  # held-out digits
+        images = colorize(torch.from_numpy(arrays[first]).unsqueeze(1), torch.tensor(color_labels))
+        return ImagePipelineOutput(images=images.float() / 255)
+
+
+def test_a_model_that_takes_colors_is_scored_against_the_requested_colors():
+    unet = tiny_unet(channels=3, size=8, num_class_embeds=len(DIGIT_NAMES) + 1)
+    pipeline = DigitAndColorPipeline(unet=unet, scheduler=DDPMScheduler(), class_names=",".join(DIGIT_NAMES))
+    row = ev.evaluate_pipeline(pipeline, 12, 5, None, 1, digits=True, extra=False, progress=False)
+    assert row["color_reference"] == "requested" and row["color_accuracy"] == 1.0
+    assert row["conditional_accuracy"] == 1.0
+    assert row["color_counts"] == {**dict.fromkeys(COLOR_NAMES, 2), "none": 0}  # balanced over the palette

@@ -3,6 +3,7 @@
 import argparse
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,36 @@ def test_downloaded_code_runs_only_when_trusted(models, tmp_path, capsys):
     assert not marker.exists()
     assert main(["sample", str(theirs), *args, str(tmp_path / "c"), "--trust_remote_code"]) == 0
     assert marker.exists() and (tmp_path / "c" / "grid.png").exists()
+
+
+def test_bad_output_paths_are_refused_before_the_model_is_loaded(tmp_path):
+    """The model does not exist: were it loaded first, the error would say so."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "folder.png").mkdir()
+    missing = str(tmp_path / "no" / "such" / "model")
+    cases = [
+        (["--kind", "grid", "--output", str(tmp_path / "noext")], "no image suffix"),
+        (["--kind", "grid", "--output", str(tmp_path / "x.txt")], "no image suffix"),
+        (["--kind", "forward", "--output", str(tmp_path / "afile" / "x.png")], "afile is a file"),
+        (["--kind", "reverse-grid", "--output", str(tmp_path / "folder.png")], "is a folder"),
+    ]
+    if Path("/proc/self").is_dir():
+        cases.append((["--kind", "forward", "--output", "/proc/forward.png"], "cannot write"))
+    for options, message in cases:
+        with pytest.raises(UserInputError, match=message):
+            run("visualize", missing, *options)
+    with pytest.raises(UserInputError, match="afile is a file"):
+        run("sample", missing, "--output_dir", str(tmp_path / "afile"))
+
+
+def test_a_failed_write_is_one_error_line(tmp_path):
+    with pytest.raises(UserInputError, match="cannot write .*out.png: No space left on device"):
+        with sampling.writing(tmp_path / "out.png"):
+            raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("command", ["sample", "visualize"])
+def test_seeds_torch_cannot_take_are_refused(models, command):
+    extra = ["--kind", "grid"] if command == "visualize" else []
+    with pytest.raises(UserInputError, match="--seed must be between 0 and"):
+        run(command, models["unconditional"], *extra, "--seed", str(2**64))

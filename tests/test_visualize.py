@@ -77,6 +77,14 @@ def test_forward_strip_layout_and_first_column():
     timesteps = [0, 100, 500, 999]
     frames = forward_process(images, timesteps, scheduler, torch.Generator().manual_seed(0))
     assert (frames[0] - images).abs().max() < 0.06  # t=0: noise std sqrt(beta_1) = 0.01
+    # every frame is q(x_t | x_0) of DDPM eq. 4 with one shared eps: recover eps from t = 999 and compare
+    # with diffusers' own add_noise at every t
+    abar = scheduler.alphas_cumprod[999].double()
+    eps = (frames[-1].double() - abar.sqrt() * images.double()) / (1 - abar).sqrt()
+    assert abs(eps.mean()) < 0.15 and abs(eps.std() - 1) < 0.15
+    for t, frame in zip(timesteps, frames, strict=True):
+        expected = scheduler.add_noise(images.double(), eps, torch.tensor([t]))
+        torch.testing.assert_close(frame.double(), expected, rtol=0, atol=1e-5)
     assert noise_level(scheduler, 999) > 0.99 and abs(noise_level(scheduler, 0) - 0.01) < 1e-4
     strip = forward_strip(images, timesteps, scheduler, scale=4, row_labels=["a", "b"])
     assert strip.mode == "RGB" and strip.width > 4 * 32 and strip.height > 2 * 32
@@ -98,10 +106,28 @@ def test_reverse_frames_are_x_t_ending_with_the_sample():
 
 
 def test_reverse_frames_of_sigma_schedulers_are_rescaled_to_x_t():
+    """Euler keeps x_t / sqrt(abar_t) = x_0 + sigma_t eps: each frame must be that times sqrt(abar_t) at the
+    timestep t it belongs to (DDPM eq. 4), and the last frame the sample itself."""
     pipeline = unconditional("euler")
-    _, _, frames = reverse_process_frames(pipeline, 4, 8, torch.Generator().manual_seed(0), batch_size=4)
+    steps, timesteps, frames = reverse_process_frames(pipeline, 4, 8, torch.Generator().manual_seed(0), batch_size=4)
+    raw = []
+
+    def keep(pipe, i, t, callback_kwargs):
+        raw.append(callback_kwargs["latents"].clone())
+        return callback_kwargs
+
+    final = pipeline(
+        batch_size=4, num_inference_steps=8, generator=torch.Generator().manual_seed(0), output_type="pt",
+        callback_on_step_end=keep,
+    ).images  # fmt: skip
+    kept = [raw[step - 1] for step in steps]
+    abar = pipeline.scheduler.alphas_cumprod
     sigma = float(pipeline.scheduler.sigmas[1])
-    assert sigma > 30 and frames[0].std() < 0.1 * sigma  # x_t, not the scheduler's x_t / sqrt(abar_t)
+    assert sigma > 30 and frames[0].std() < 0.1 * sigma  # x_t, not x_t / sqrt(abar_t)
+    for t, frame, latents in zip(timesteps[:-1], frames[:-1], kept[:-1], strict=True):
+        torch.testing.assert_close(frame, latents * abar[t].sqrt(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kept[-1], frames[-1])
+    torch.testing.assert_close((frames[-1] / 2 + 0.5).clamp(0, 1), final)
     assert torch.equal(model_space(unconditional("ddim").scheduler, frames[0]), frames[0])
 
 

@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ CLASSIFIER_METADATA_FILE = "data_files/digit_classifier.json"
 TEST_PER_CLASS = 50
 RESULTS_FILE = "eval_results.json"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+KID_SUBSET_SEED = 0
 DINOV2_CHECKPOINT = "facebook/dinov2-large"
 TASK_TYPE = "unconditional-image-generation"
 
@@ -294,11 +296,14 @@ def dataset_reference(name: str, resolution: int, channels: int) -> Reference:
     A local folder is named by its last path component only: the name reaches the public model card."""
     from ddpm_zoo.data import decode_dataset, load_image_source
 
-    local = Path(name).exists()
-    source = load_image_source(None if local else name, train_data_dir=name if local else None)
+    path = Path(name).expanduser()
+    local = path.exists()
+    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UserInputError(f"no such reference folder: {name}")
+    source = load_image_source(None if local else name, train_data_dir=str(path) if local else None)
     decoded = decode_dataset(source, resolution, channels, convert_channels=True, skip_bad_images=True)
     digest = hashlib.sha256(decoded.images.numpy().tobytes()).hexdigest()
-    shown = Path(name).resolve().name if local else name
+    shown = path.resolve().name if local else name
     return Reference(shown, "local-folder" if local else name, shown, decoded.images, digest)
 
 
@@ -383,7 +388,9 @@ class InceptionMetrics:
         self.kid.reset()
         self._update(generated, real=False)
         self.kid.subset_size = min(1000, len(generated), self.num_real)
-        kid_mean, kid_std = self.kid.compute()
+        with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global generator
+            torch.manual_seed(KID_SUBSET_SEED)
+            kid_mean, kid_std = self.kid.compute()
         return {"fid": self.fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item()}
 
 
@@ -431,6 +438,14 @@ class EvaluationContext:
     _dinov2: tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None
     _tried: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        """Refuse a reference of fewer than 2 images (no covariance: the Frechet distance would be NaN)."""
+        count = len(self.reference.images)
+        if count < 2:
+            raise UserInputError(
+                f"the reference {self.reference.name} has {count} image(s); a Frechet distance needs at least 2"
+            )
+
     def digit_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._digit_stats is None:
             self._digit_stats = reference_digit_statistics(self.reference)
@@ -456,6 +471,15 @@ class EvaluationContext:
                 stats = feature_statistics(dinov2_features(model, self.reference.images, self.device))
                 self._dinov2 = (model, stats)
         return self._dinov2
+
+    def require_extra_metric(self) -> None:
+        """Load FID/KID and FD-DINOv2 now, and refuse when neither can run (a non-digit model has no other
+        metric, so sampling would measure nothing)."""
+        if self.inception() is None and self.dinov2() is None:
+            raise UserInputError(
+                "no metric can score this non-digit model here: it needs FID/KID (torchmetrics[image] with "
+                "torch-fidelity's Inception weights) or FD-DINOv2 (transformers and a local DINOv2 checkpoint)"
+            )
 
     def _skip(self, metric: str, reason: str) -> None:
         self.skipped[metric] = reason
@@ -554,7 +578,10 @@ def generate(
         if color_labels is not None:
             kwargs["color_labels"] = color_labels[start : start + count].tolist()
         began = time.perf_counter()
-        images = pipeline(output_type="pt", **kwargs).images
+        try:
+            images = pipeline(output_type="pt", **kwargs).images
+        except ValueError as error:
+            raise UserInputError(str(error)) from None
         images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
         seconds += time.perf_counter() - began
         batches.append(images)
@@ -601,6 +628,8 @@ def make_context(
 ) -> EvaluationContext:
     """Decide how to evaluate `pipeline`: digit metrics or not, and against which real images."""
     digits = is_digit_model(pipeline) if digits is None else digits
+    if not digits and not extra:
+        raise UserInputError("a non-digit model is scored by FID/KID and FD-DINOv2 only: drop --no_extra_metrics")
     channels = int(pipeline.unet.config.in_channels)
     if reference == EMBEDDED_MNIST:
         reference = digit_reference(channels)
@@ -611,7 +640,10 @@ def make_context(
         if not digits:
             raise UserInputError("name the real images to compare this (non-digit) model with: --reference DATASET")
         reference = digit_reference(channels)
-    return EvaluationContext(reference, digits, device=pipeline.device, extra_metrics=extra)
+    context = EvaluationContext(reference, digits, device=pipeline.device, extra_metrics=extra)
+    if not digits:
+        context.require_extra_metric()
+    return context
 
 
 def evaluate_pipeline(
@@ -690,6 +722,7 @@ def _evaluate_setting(
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
         "num_samples": num_samples,
+        "batch_size": batch_size,
         "seed": seed,
         "samples_per_second": num_samples / max(seconds, 1e-9),
     }
@@ -699,9 +732,24 @@ def _evaluate_setting(
     return row
 
 
+def check_step_counts(pipeline, schedulers: Sequence[str | None], steps: Sequence[int]) -> None:
+    """Refuse, before any sampling, a step count that a sampler does not take (DDPM and DDIM: no more than
+    the training schedule's steps); a scheduler name None is the pipeline's own."""
+    from ddpm_zoo.schedulers import make_scheduler
+
+    config = pipeline.scheduler.config
+    for name in schedulers:
+        scheduler = make_scheduler(name, config) if name is not None else type(pipeline.scheduler).from_config(config)
+        for num_steps in steps:
+            try:
+                scheduler.set_timesteps(num_steps)
+            except ValueError as error:
+                raise UserInputError(f"{name or 'the saved scheduler'} at {num_steps} steps: {error}") from None
+
+
 def sweep(
     pipeline,
-    schedulers: Sequence[str | None] = (None,),
+    schedulers: Sequence[str | None] = ("dpmsolver",),
     steps: Sequence[int] = (25,),
     guidance_scales: Sequence[float | None] = (None,),
     num_samples: int = 5000,
@@ -712,6 +760,7 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """One `evaluate_pipeline` row per (scheduler, steps, guidance) combination, all with the same seed;
     guidance is ignored (a single row per scheduler and steps) for pipelines without any."""
+    check_step_counts(pipeline, schedulers, steps)
     context = context or make_context(pipeline)
     guidance_scales = guidance_scales if takes_guidance(pipeline) else (None,)
     rows = []
@@ -799,12 +848,17 @@ def results_document(model: str, rows: list[dict[str, Any]], context: Evaluation
 
 
 def write_results(document: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the results JSON (atomically) and return its path."""
+    """Write the results JSON (atomically; strict JSON, so a non-finite number is a ValueError) and return
+    its path."""
+    from ddpm_zoo.sampling import writing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(partial, path)
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        partial.write_text(text)
+        os.replace(partial, path)
     return path
 
 
@@ -853,11 +907,15 @@ def card_row(rows: Sequence[dict[str, Any]], default_guidance: float | None) -> 
 
 
 def describe_setting(row: dict[str, Any]) -> str:
-    """'dpmsolver, 25 steps, guidance 3, 5000 samples, seed 0'."""
+    """'dpmsolver, 25 steps, guidance 3, 5000 samples in batches of 250, seed 0' (rows written before the
+    batch size was recorded leave it out)."""
     parts = [str(row.get("scheduler")), f"{row.get('num_inference_steps')} steps"]
     if row.get("guidance_scale") is not None:
         parts.append(f"guidance {row['guidance_scale']:g}")
-    parts += [f"{row.get('num_samples')} samples", f"seed {row.get('seed')}"]
+    samples = f"{row.get('num_samples')} samples"
+    if row.get("batch_size") is not None:
+        samples += f" in batches of {row['batch_size']}"
+    parts += [samples, f"seed {row.get('seed')}"]
     return ", ".join(parts)
 
 
@@ -898,7 +956,8 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument(
         "--output",
         default=None,
-        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} for a folder, ./{RESULTS_FILE} for a Hub id)",
+        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} for a folder, ./{RESULTS_FILE} for a Hub id); "
+        "a trained folder's model card is refreshed only from its own results file",
     )
     parser.add_argument(
         "--reference",
@@ -957,6 +1016,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if args.num_samples < 2 or args.batch_size < 1:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
+    from ddpm_zoo.sampling import check_output_file, check_seed
+
+    check_seed(args.seed)
+    target = output_path(args.model, args.output)
+    check_output_file(target)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = load_pipeline(args.model, device, args.trust_remote_code)
     if args.guidance is not None and not takes_guidance(pipeline):
@@ -977,13 +1041,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
         context=context,
     )
     document = results_document(args.model, rows, context)
-    path = write_results(document, output_path(args.model, args.output))
+    path = write_results(document, target)
     print(f"results written to {path}")
     if Path(args.model).is_dir():
-        from ddpm_zoo.hub import refresh_model_card
-
-        row = card_row(rows, default_guidance_scale(pipeline))
-        card = refresh_model_card(args.model, eval_results_for_card(document, row))
-        if card is not None:
-            print(f"model card updated with these results: {card}")
+        update_model_card(Path(args.model), document, card_row(rows, default_guidance_scale(pipeline)), path)
     return 0
+
+
+def update_model_card(folder: Path, document: dict[str, Any], row: int, results_path: Path) -> None:
+    """Put row `row` of the results into a trained folder's model card, but only when they went to the
+    folder's own eval_results.json and have metrics for the card; a training_summary.json that cannot be
+    used is one warning line (the results are written by then)."""
+    from ddpm_zoo.hub import refresh_model_card
+
+    if results_path.resolve() != (folder / RESULTS_FILE).resolve():
+        print(f"model card left alone: it reports {folder / RESULTS_FILE} only, and these results went elsewhere")
+        return
+    eval_results = eval_results_for_card(document, row)
+    if not eval_results:
+        print("model card left alone: these results have no metric for it")
+        return
+    try:
+        card = refresh_model_card(folder, eval_results)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        summary = folder / "training_summary.json"
+        print(
+            f"warning: model card left alone: {summary} cannot be used ({type(error).__name__}: {error})",
+            file=sys.stderr,
+        )
+        return
+    if card is not None:
+        print(f"model card updated with these results: {card}")

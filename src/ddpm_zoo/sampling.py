@@ -4,7 +4,9 @@ diffusion process; the handlers of `ddpm-zoo sample` and `ddpm-zoo visualize`.""
 import argparse
 import inspect
 import math
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ EMBEDDED_DIGITS = "mnist-5k"  # = ddpm_zoo.data.EMBEDDED_MNIST; data is imported
 DEFAULT_FORWARD_TIMESTEPS = "0,50,100,200,300,400,600,800,999"
 VISUALIZATIONS = ("forward", "reverse-grid", "animation", "grid")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F", "P")
+MAX_SEED = 2**63 - 1  # image i is seeded seed + i, and torch.Generator takes seeds below 2**64
 
 
 # ---- loading ----
@@ -209,6 +212,55 @@ def check_positive(**values: int | float | None) -> None:
             raise UserInputError(f"--{name} must be at least 1, got {value}")
 
 
+def check_seed(seed: int) -> None:
+    """--seed must be between 0 and MAX_SEED."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserInputError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+
+
+# ---- output paths: checked before the model is loaded, so that no sampling is lost to them ----
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse a folder that cannot be made or written to: a file on its path, or a file system that refuses
+    new files (read-only, /proc)."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ddpm-zoo-write-test-"):
+            pass
+    except OSError as error:
+        raise UserInputError(
+            f"cannot write to {folder}: creating files in {existing} fails ({error.strerror})"
+        ) from None
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output file that is an existing folder or whose folder cannot be written (see above)."""
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder; give a file name")
+    check_output_folder(path.parent)
+
+
+def check_image_suffix(path: Path) -> None:
+    """Refuse a file name whose suffix names no image format Pillow can write."""
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise UserInputError(f"{path.name} has no image suffix that Pillow can write (.png, .jpg, .webp, ...)")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Report a failed write of `path` as one error line."""
+    try:
+        yield
+    except OSError as error:
+        raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def save_samples(
     images: Sequence[Image.Image], output_dir: str | Path, names: Sequence[str] | None = None
 ) -> list[Path]:
@@ -306,8 +358,11 @@ def parse_timesteps(text: str, num_train_timesteps: int) -> list[int]:
 def sample_command(args: argparse.Namespace) -> int:
     """`ddpm-zoo sample MODEL`: write N samples as PNGs plus a labelled grid.png."""
     check_positive(num_images=args.num_images, batch_size=args.batch_size, num_inference_steps=args.num_inference_steps)
+    check_seed(args.seed)
     if args.guidance_scale is not None and not args.guidance_scale >= 0:
         raise UserInputError(f"--guidance_scale must be >= 0, got {args.guidance_scale}")
+    output_dir = Path(args.output_dir)
+    check_output_folder(output_dir)
     pipeline = load_pipeline(args.model, args.device, args.scheduler, args.trust_remote_code)
     images, labels = generate(
         pipeline,
@@ -319,7 +374,8 @@ def sample_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     names = label_names(pipeline, labels) if labels is not None else None
-    save_samples(images, args.output_dir, names)
+    with writing(output_dir):
+        save_samples(images, output_dir, names)
     print(f"wrote {len(images)} images and grid.png to {args.output_dir}")
     return 0
 
@@ -335,19 +391,23 @@ def visualize_command(args: argparse.Namespace) -> int:
     )
     if not args.fps > 0:
         raise UserInputError(f"--fps must be positive, got {args.fps}")
+    check_seed(args.seed)
     output = Path(args.output or ("reverse.gif" if args.kind == "animation" else f"{args.kind}.png"))
     if args.kind == "animation" and output.suffix.lower() != ".gif":
         raise UserInputError(f"--kind animation writes a GIF; give --output a .gif name, not {output.name}")
+    check_image_suffix(output)
+    check_output_file(output)
     scheduler = args.scheduler if args.kind != "forward" else None
     pipeline = load_pipeline(args.model, args.device, scheduler, args.trust_remote_code)
     pipeline.set_progress_bar_config(disable=args.kind not in ("reverse-grid", "animation"), leave=False)
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         picture = _draw(pipeline, args, output)
     except ValueError as error:
         raise UserInputError(str(error)) from None
     if picture is not None:
-        picture.save(output)
+        with writing(output):
+            output.parent.mkdir(parents=True, exist_ok=True)
+            picture.save(output)
     print(f"wrote {output}")
     return 0
 
@@ -383,9 +443,10 @@ def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -
     guidance = args.guidance_scale
     if args.kind == "reverse-grid":
         return reverse_grid(pipeline, args.num_columns, steps, class_labels, rows, guidance, generator, args.scale)
-    reverse_animation(
-        pipeline, output, args.num_frames, args.fps, steps, class_labels, rows, guidance, generator, args.scale
-    )
+    with writing(output):
+        reverse_animation(
+            pipeline, output, args.num_frames, args.fps, steps, class_labels, rows, guidance, generator, args.scale
+        )
     return None
 
 
