@@ -347,12 +347,13 @@ print(type(pipe).__name__, images.shape, pipe.guide_unet, len(sizes), sum(sizes)
 
 
 def test_train_push_delete_pull(hub_server, tmp_path):
-    """The README's journey: train with --push_to_hub, lose the local folder, pull it back with plain diffusers."""
+    """The README's journey: train with --push_to_hub, lose the local folder, pull it back with plain diffusers.
+    Two processes: the main one creates the repo before the first step and tells the other (broadcast)."""
     output = tmp_path / "run"
     args = tiny_training_args(output, write_tiny_unet_config(tmp_path), steps=3)
     args += ["--push_to_hub", "--hub_model_id", f"{TEST_USER}/trained", "--hub_token", TEST_TOKEN]
     env = hub_server.client_env(tmp_path / "train-home", disable_xet=True)
-    result = launch("train_unconditional.py", args, env=env, timeout=240)
+    result = launch("train_unconditional.py", args, num_processes=2, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert TEST_TOKEN not in result.stdout + result.stderr
 
@@ -361,6 +362,8 @@ def test_train_push_delete_pull(hub_server, tmp_path):
     repo = hub_server.repos[("model", f"{TEST_USER}/trained")]
     index = json.loads(hub_server.read(repo.resolve("main").files["model_index.json"]))
     assert len(index["cluster_sizes"]) == 50 and sum(index["cluster_sizes"]) == 5000  # mnist-tiny's self-guidance
+    card = hub_server.read(repo.resolve("main").files["README.md"]).decode()
+    assert f'from_pretrained("{TEST_USER}/trained", trust_remote_code=True)' in card
     assert not [p for p in uploaded if p.startswith(("checkpoint-", "logs/")) or p.endswith((".bin", ".pkl"))]
     shutil.rmtree(output)
 
