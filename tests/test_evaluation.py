@@ -545,3 +545,10 @@ def test_a_model_that_takes_colors_is_scored_against_the_requested_colors():
     assert row["color_reference"] == "requested" and row["color_accuracy"] == 1.0
     assert row["conditional_accuracy"] == 1.0
     assert row["color_counts"] == {**dict.fromkeys(COLOR_NAMES, 2), "none": 0}  # balanced over the palette
+
+
+def test_generate_leaves_the_callers_progress_bar_setting_alone():
+    pipeline = tiny_unconditional()
+    pipeline.set_progress_bar_config(leave=False)
+    images, _ = ev.generate(pipeline, num_samples=2, batch_size=2, num_inference_steps=1, seed=0, progress=False)
+    assert images.shape[0] == 2 and pipeline._progress_bar_config == {"leave": False}

@@ -17,6 +17,7 @@ when their packages and weights are present locally, and are skipped with a one-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import inspect
 import json
@@ -24,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -546,6 +547,17 @@ def balanced_labels(count: int, classes: int) -> torch.Tensor:
     return torch.arange(count) % classes
 
 
+@contextlib.contextmanager
+def progress_bar_disabled(pipeline) -> Iterator[None]:
+    """The pipeline's per-step bar off (evaluation draws one over the batches); the caller's setting back after."""
+    previous = dict(getattr(pipeline, "_progress_bar_config", {}))
+    pipeline.set_progress_bar_config(**{**previous, "disable": True})
+    try:
+        yield
+    finally:
+        pipeline.set_progress_bar_config(**previous)
+
+
 def generate(
     pipeline,
     num_samples: int,
@@ -564,28 +576,28 @@ def generate(
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(seed)
-    pipeline.set_progress_bar_config(disable=True)
-    batches, seconds = [], 0.0
-    for start in tqdm(range(0, num_samples, batch_size), desc="sampling", disable=not progress, leave=False):
-        count = min(batch_size, num_samples - start)
-        kwargs: dict[str, Any] = {"generator": generator, "num_inference_steps": num_inference_steps}
-        if class_labels is not None:
-            kwargs["class_labels"] = class_labels[start : start + count].tolist()
-        else:
-            kwargs["batch_size"] = count
-        if guidance_scale is not None:
-            kwargs["guidance_scale"] = guidance_scale
-        if color_labels is not None:
-            kwargs["color_labels"] = color_labels[start : start + count].tolist()
-        began = time.perf_counter()
-        try:
-            images = pipeline(output_type="pt", **kwargs).images
-        except ValueError as error:
-            raise UserInputError(str(error)) from None
-        images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
-        seconds += time.perf_counter() - began
-        batches.append(images)
-    return torch.cat(batches), seconds
+    with progress_bar_disabled(pipeline):
+        batches, seconds = [], 0.0
+        for start in tqdm(range(0, num_samples, batch_size), desc="sampling", disable=not progress, leave=False):
+            count = min(batch_size, num_samples - start)
+            kwargs: dict[str, Any] = {"generator": generator, "num_inference_steps": num_inference_steps}
+            if class_labels is not None:
+                kwargs["class_labels"] = class_labels[start : start + count].tolist()
+            else:
+                kwargs["batch_size"] = count
+            if guidance_scale is not None:
+                kwargs["guidance_scale"] = guidance_scale
+            if color_labels is not None:
+                kwargs["color_labels"] = color_labels[start : start + count].tolist()
+            began = time.perf_counter()
+            try:
+                images = pipeline(output_type="pt", **kwargs).images
+            except ValueError as error:
+                raise UserInputError(str(error)) from None
+            images = (images.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+            seconds += time.perf_counter() - began
+            batches.append(images)
+        return torch.cat(batches), seconds
 
 
 def digit_metrics(
