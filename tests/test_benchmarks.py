@@ -143,3 +143,16 @@ def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
     assert result.returncode == 2
     assert "gpu_suite.sh: unknown part 'profiel'; choose from smoke profile autotune" in result.stderr
     assert not (tmp_path / "logs" / "steps.txt").exists()
+
+
+def test_saved_activations_compares_group_norm_dtypes_and_partitions(tmp_path):
+    """The CUDA-like fp32 GroupNorm saves fp32 tensors when partitioned as traced; with Inductor's
+    decompositions the partitioner recomputes the upcast, so both GroupNorms save the same bf16 bytes."""
+    _, report = run_on_tiny_unet(tmp_path, "saved_activations.py", "--batch", "2")
+    rows = {(row["group_norm"], row["partitioned"]): row for row in report["rows"]}
+    cuda_like_eager = rows[("fp32 out (CUDA autocast)", "as traced (eager-like)")]
+    cuda_like_compiled = rows[("fp32 out (CUDA autocast)", "Inductor decompositions")]
+    bf16_compiled = rows[("bf16 out", "Inductor decompositions")]
+    assert cuda_like_eager["float32_mb"] > 0 and cuda_like_eager["float32_tensors"] > 0
+    assert cuda_like_compiled["saved_mb_per_img"] < cuda_like_eager["saved_mb_per_img"]
+    assert cuda_like_compiled["saved_mb_per_img"] == bf16_compiled["saved_mb_per_img"] > 0
