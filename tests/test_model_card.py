@@ -1,15 +1,18 @@
 """Model cards: Hub metadata that round-trips through YAML, and a body with the sections the Hub page needs."""
 
 import dataclasses
+import json
 import re
 from importlib import resources
 
 import pytest
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.utils import get_session
 
 from ddpm_zoo.hub import GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
 from ddpm_zoo.presets import PRESETS
+from ddpm_zoo.schedulers import make_scheduler
 
 pytest_plugins = ["hub_server"]
 
@@ -68,7 +71,22 @@ def test_conditional_card_is_tagged_and_shows_class_labels_and_guidance():
     assert 'DiffusionPipeline.from_pretrained("tester/colored-digits", trust_remote_code=True)' in snippet
     assert "class_labels=[0, 1, 2], guidance_scale=3.0" in snippet
     assert 'class_labels=["nine", "zero"]' in snippet
-    assert 'DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")' in snippet
+    # the sampler `ddpm-zoo evaluate` reports, make_scheduler("dpmsolver", ...), written out for plain diffusers
+    swap = {
+        "algorithm_type": "dpmsolver++",
+        "timestep_spacing": "trailing",
+        "thresholding": True,
+        "sample_max_value": 1.0,
+    }
+    assert ", ".join(f"{key}={json.dumps(value)}" for key, value in swap.items()).replace("true", "True") in snippet
+    config = DDPMScheduler(**PRESETS["colored-mnist"].scheduler).config
+
+    def public(scheduler) -> dict:
+        return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
+
+    assert public(DPMSolverMultistepScheduler.from_config(config, **swap)) == public(
+        make_scheduler("dpmsolver", config)
+    )
     assert "zero, one, two, three" in card.text
 
 

@@ -252,3 +252,15 @@ def test_num_epochs_and_save_images_epochs_count_epochs_of_the_data(tmp_path, un
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((output / "training_summary.json").read_text())["global_step"] == 10  # 2 epochs of 5 batches
     assert sorted(p.name for p in (output / "progress").iterdir()) == ["step-0000005.png", "step-0000010.png"]
+
+
+def test_a_logger_that_is_not_installed_is_dropped_with_a_warning(monkeypatch, caplog):
+    from ddpm_zoo import training
+
+    monkeypatch.setattr(training.importlib.util, "find_spec", lambda name: None)
+    with caplog.at_level("WARNING"):
+        assert training.tracker("wandb") is None
+    assert "--logger wandb: wandb is not installed, so no logs are written" in caplog.text
+    assert training.tracker("none") is None
+    monkeypatch.undo()
+    assert training.tracker("tensorboard") == "tensorboard"  # the dev extra installs it

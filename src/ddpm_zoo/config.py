@@ -118,7 +118,9 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     """The options of diffusers' `train_unconditional.py`, plus `--preset` and ddpm-zoo's own."""
     kind = "class-conditional" if conditional else "unconditional"
     parser = argparse.ArgumentParser(
-        description=f"Train a {kind} DDPM with Accelerate.",
+        description=f"Train an {kind} DDPM with Accelerate.",
+        epilog="Options left out take the --preset's defaults (its network, schedule, data, precision, loss and "
+        "guidance); a default in parentheses above applies where the preset sets none.",
         argument_default=None,
     )
     add = parser.add_argument
@@ -155,7 +157,8 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
     model.add_argument(
         "--snr_gamma",
         type=float,
-        help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice); default: plain MSE",
+        help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice, and the digit presets'); "
+        "otherwise plain MSE",
     )
     model.add_argument(
         "--cond_drop_prob", type=float, help="probability of the null class (or null cluster) (default 0.1)"
@@ -176,7 +179,8 @@ def build_parser(conditional: bool) -> argparse.ArgumentParser:
             "--self_guidance_clusters",
             type=int,
             help="self-guidance (Hu et al., 2023): condition on K k-means clusters of the training images, no "
-            "labels needed, and sample with classifier-free guidance over them (default 0: off)",
+            "labels needed, and sample with classifier-free guidance over them (mnist-tiny: 50; else 0: off; "
+            "it needs the in-memory data path, so pass 0 with --streaming)",
         )
         model.add_argument(
             "--self_guidance_scale", type=float, help="self-guidance weight saved as the pipeline's default (3.0)"

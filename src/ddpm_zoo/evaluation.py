@@ -962,7 +962,8 @@ def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument(
         "--guidance",
         default=None,
-        help="comma list of guidance scales (class-conditional or autoguided models; default: the pipeline's own)",
+        help="comma list of guidance scales (class-conditional, autoguided or self-guided models; default: the "
+        "pipeline's own)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -8,6 +8,7 @@ null class with probability `cond_drop_prob` (classifier-free guidance, Ho & Sal
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
@@ -107,6 +108,18 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
             f"--resolution {unet_config['sample_size']} is not divisible by the UNet's downsampling factor {factor}"
         )
     return unet_config
+
+
+def tracker(logger_name: str) -> str | None:
+    """The Accelerate tracker for --logger; one that is not installed is dropped with a warning (Accelerate
+    itself says so only at debug level, so a run would silently log nothing)."""
+    if logger_name == "none":
+        return None
+    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}[logger_name]
+    if not any(importlib.util.find_spec(module) for module in modules):
+        logger.warning("--logger %s: %s is not installed, so no logs are written", logger_name, modules[0])
+        return None
+    return logger_name
 
 
 def as_json(value: Any) -> Any:
@@ -364,7 +377,7 @@ class Trainer:
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
-            log_with=None if config.logger == "none" else config.logger,
+            log_with=tracker(config.logger),
             project_config=project,
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
