@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm_zoo import sampling
+from ddpm_zoo import outputs, sampling
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
@@ -310,7 +310,7 @@ def test_bad_output_paths_are_refused_before_the_model_is_loaded(tmp_path):
 
 def test_a_failed_write_is_one_error_line(tmp_path):
     with pytest.raises(UserInputError, match="cannot write .*out.png: No space left on device"):
-        with sampling.writing(tmp_path / "out.png"):
+        with outputs.writing(tmp_path / "out.png"):
             raise OSError(28, "No space left on device")
 
 

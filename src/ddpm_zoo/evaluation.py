@@ -862,7 +862,7 @@ def results_document(model: str, rows: list[dict[str, Any]], context: Evaluation
 def write_results(document: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results JSON (atomically; strict JSON, so a non-finite number is a ValueError) and return
     its path."""
-    from ddpm_zoo.sampling import writing
+    from ddpm_zoo.outputs import writing
 
     path = Path(path)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -1001,8 +1001,9 @@ def output_path(model: str, output: str | None) -> Path:
 
 
 def load_pipeline(model: str, device: str, trust_remote_code: bool = False):
-    """`ddpm_zoo.sampling.load_pipeline` (safetensors only, one-line errors), for pipelines with a UNet."""
-    from ddpm_zoo.sampling import load_pipeline as load_any
+    """`ddpm_zoo.loading.load_pipeline` (no downloaded code, safetensors only, one-line errors), for pipelines
+    with a UNet."""
+    from ddpm_zoo.loading import load_pipeline as load_any
 
     pipeline = load_any(model, device, trust_remote_code=trust_remote_code)
     if not hasattr(pipeline, "unet"):
@@ -1029,7 +1030,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if args.num_samples < 2 or args.batch_size < 1:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
-    from ddpm_zoo.sampling import check_output_file, check_seed
+    from ddpm_zoo.outputs import check_output_file, check_seed
 
     check_seed(args.seed)
     target = output_path(args.model, args.output)

@@ -4,9 +4,7 @@ diffusion process; the handlers of `ddpm-zoo sample` and `ddpm-zoo visualize`.""
 import argparse
 import inspect
 import math
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,10 @@ from tqdm.auto import tqdm
 from ddpm_zoo import hub
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import takes_guidance
+from ddpm_zoo.loading import load_pipeline
+from ddpm_zoo.outputs import check_image_suffix, check_output_file, check_output_folder, check_seed, writing
 from ddpm_zoo.presets import DIGIT_NAMES
-from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler, scheduler_name
+from ddpm_zoo.schedulers import SCHEDULERS, scheduler_name
 from ddpm_zoo.visualize import (
     forward_strip,
     has_named_classes,
@@ -34,70 +34,14 @@ EMBEDDED_DIGITS = "mnist-5k"  # = ddpm_zoo.data.EMBEDDED_MNIST; data is imported
 DEFAULT_FORWARD_TIMESTEPS = "0,50,100,200,300,400,600,800,999"
 VISUALIZATIONS = ("forward", "reverse-grid", "animation", "grid")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F", "P")
-MAX_SEED = 2**63 - 1  # image i is seeded seed + i, and torch.Generator takes seeds below 2**64
 
 
 # ---- loading ----
 
 
-def default_device() -> str:
-    """The fastest device here: CUDA, then Apple MPS, then CPU."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def default_steps(pipeline: DiffusionPipeline) -> int:
     """The usual number of steps for the pipeline's scheduler (1000 for DDPM, 20-50 for the others)."""
     return DEFAULT_STEPS.get(scheduler_name(pipeline.scheduler) or "ddim", 50)
-
-
-def load_pipeline(
-    model: str, device: str | None = None, scheduler: str | None = None, trust_remote_code: bool = False
-) -> DiffusionPipeline:
-    """Load a pipeline folder or Hub repo, optionally swap in scheduler `scheduler` (same noise schedule, via
-    `from_config`), and move it to `device`.
-
-    A Hub repo is one snapshot (from the local cache when offline). ddpm-zoo pipelines load into the
-    installed classes and diffusers' own pipelines load as usual, so no downloaded code runs; a folder
-    whose `model_index.json` names other custom code needs `trust_remote_code`. Only safetensors weights
-    are read: pickle weights (`.bin`, `.pt`) are refused, since unpickling can run arbitrary code."""
-    path = Path(model).expanduser()
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise UserInputError(f"{model} is not a pipeline folder (it has no model_index.json)")
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise UserInputError(f"no such model folder: {model}")
-    folder = hub.download_pipeline(str(path) if path.exists() else model)
-    class_name = hub.read_model_index(folder).get("_class_name")
-    custom_code = isinstance(class_name, list)
-    class_name = class_name[-1] if custom_code else class_name
-    try:
-        if class_name in hub.PIPELINE_CLASSES:
-            pipeline = hub.load_pipeline(str(folder))
-        elif custom_code and not trust_remote_code:
-            raise UserInputError(
-                f"{model} holds custom pipeline code ({class_name}); read it, then pass --trust_remote_code to run it"
-            )
-        else:
-            pipeline = DiffusionPipeline.from_pretrained(
-                folder, trust_remote_code=trust_remote_code, use_safetensors=True
-            )
-    except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as error:
-        where = "folder" if path.exists() else "Hub repo"
-        raise UserInputError(f"cannot load the {where} {model!r}: {_one_line(error)}") from None
-    if scheduler is not None:
-        pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
-    pipeline.to(device or default_device())
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def _one_line(error: Exception) -> str:
-    """The first line of an error message, without diffusers' pointer to a traceback we do not show."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(" Please check out the root cause")[0]
 
 
 # ---- generating ----
@@ -210,55 +154,6 @@ def check_positive(**values: int | float | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise UserInputError(f"--{name} must be at least 1, got {value}")
-
-
-def check_seed(seed: int) -> None:
-    """--seed must be between 0 and MAX_SEED."""
-    if not 0 <= seed <= MAX_SEED:
-        raise UserInputError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
-
-
-# ---- output paths: checked before the model is loaded, so that no sampling is lost to them ----
-
-
-def check_output_folder(folder: Path) -> None:
-    """Refuse a folder that cannot be made or written to: a file on its path, or a file system that refuses
-    new files (read-only, /proc)."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserInputError(f"cannot write into {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ddpm-zoo-write-test-"):
-            pass
-    except OSError as error:
-        raise UserInputError(
-            f"cannot write to {folder}: creating files in {existing} fails ({error.strerror})"
-        ) from None
-
-
-def check_output_file(path: Path) -> None:
-    """Refuse an output file that is an existing folder or whose folder cannot be written (see above)."""
-    if path.is_dir():
-        raise UserInputError(f"{path} is a folder; give a file name")
-    check_output_folder(path.parent)
-
-
-def check_image_suffix(path: Path) -> None:
-    """Refuse a file name whose suffix names no image format Pillow can write."""
-    image_format = Image.registered_extensions().get(path.suffix.lower())
-    if image_format not in Image.SAVE:
-        raise UserInputError(f"{path.name} has no image suffix that Pillow can write (.png, .jpg, .webp, ...)")
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Report a failed write of `path` as one error line."""
-    try:
-        yield
-    except OSError as error:
-        raise UserInputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def save_samples(
@@ -546,10 +441,8 @@ def add_cli_parsers(subparsers: argparse._SubParsersAction) -> None:
 __all__ = [
     "DEFAULT_STEPS",
     "add_cli_parsers",
-    "default_device",
     "forward_images",
     "generate",
-    "load_pipeline",
     "parse_class_labels",
     "sample_command",
     "save_samples",
