@@ -12,6 +12,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from diffusers import UNet2DModel
@@ -96,9 +97,15 @@ def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, resume: 
         )
 
 
+def as_json(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples become lists), so configs from a preset, a file or a checkpoint
+    compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
 def unet_config_record(unet: UNet2DModel) -> dict:
     """The UNet's config as JSON stores it (lists, no private keys), for comparing a checkpoint with a run."""
-    return json.loads(json.dumps({key: value for key, value in unet.config.items() if not key.startswith("_")}))
+    return as_json({key: value for key, value in unet.config.items() if not key.startswith("_")})
 
 
 def read_state(path: Path) -> dict:

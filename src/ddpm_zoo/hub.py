@@ -430,8 +430,8 @@ def hub_error_message(error: HTTPError | OfflineModeIsEnabled, repo_id: str) -> 
     """One line for a failed Hub call: the Hub's answer (with a hint about tokens where it refused access),
     or why it could not be reached."""
     if not isinstance(error, HfHubHTTPError):
-        return f"cannot reach the Hub at {constants.ENDPOINT} to push to {repo_id}: {_first_line(error)}"
-    status = error.response.status_code if error.response is not None else None
+        return f"cannot reach the Hub at {constants.ENDPOINT} to push to {repo_id}: {first_line(error)}"
+    status = http_status(error)
     detail = (getattr(error, "server_message", None) or str(error)).strip().splitlines()[0].rstrip(".;")
     message = f"pushing to {repo_id} failed ({status}): {detail}"
     if status in (401, 403):
@@ -498,9 +498,8 @@ def push_pipeline_folder(
     """
     folder = Path(folder)
     files = publishable_files(folder)
-    check_push_target(repo_id, revision)
     allow, delete = push_patterns(read_model_index(folder))
-    repo_id = create_push_repo(repo_id, private, token, revision)
+    repo_id = create_push_repo(repo_id, private, token, revision)  # checks the target before any request
     retarget_model_card(folder, repo_id)
     logger.info("pushing %d files from %s to %s", len(files), folder, repo_id)
     try:
@@ -540,19 +539,23 @@ def download_pipeline(name_or_path: str, revision: str | None = None, token: str
     except RevisionNotFoundError:
         raise UserInputError(f"{name_or_path} has no revision {revision!r}") from None
     except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else None
-        raise UserInputError(f"downloading {name_or_path} failed ({status}): {_first_line(error)}") from None
+        raise UserInputError(f"downloading {name_or_path} failed ({http_status(error)}): {first_line(error)}") from None
     except (LocalEntryNotFoundError, HTTPError, OfflineModeIsEnabled) as error:
         raise UserInputError(
             f"cannot download {name_or_path} from the Hub at {constants.ENDPOINT}, and no complete copy is in the "
-            f"local cache: {_first_line(error)}"
+            f"local cache: {first_line(error)}"
         ) from None
     return Path(folder)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line errors."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def http_status(error: HfHubHTTPError) -> int | None:
+    return error.response.status_code if error.response is not None else None
 
 
 def load_pipeline(name_or_path: str, revision: str | None = None, token: str | None = None) -> DiffusionPipeline:

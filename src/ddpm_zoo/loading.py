@@ -61,5 +61,4 @@ def load_pipeline(
 
 def _one_line(error: Exception) -> str:
     """The first line of an error message, without diffusers' pointer to a traceback we do not show."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(" Please check out the root cause")[0]
+    return hub.first_line(error).split(" Please check out the root cause")[0]

@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from ddpm_zoo.checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
     TrainingProgress,
+    as_json,
     check_output_dir,
     check_resumable,
     complete_checkpoints,
@@ -120,11 +120,6 @@ def tracker(logger_name: str) -> str | None:
         logger.warning("--logger %s: %s is not installed, so no logs are written", logger_name, modules[0])
         return None
     return logger_name
-
-
-def as_json(value: Any) -> Any:
-    """`value` as JSON reads it back (tuples become lists), so configs from a preset and a file compare equal."""
-    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
