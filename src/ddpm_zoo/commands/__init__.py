@@ -1,0 +1,1 @@
+"""The command layer: one module per `ddpm-zoo` command; the only place that parses arguments."""
