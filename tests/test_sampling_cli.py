@@ -14,6 +14,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ddpm_zoo import outputs, sampling
+from ddpm_zoo.commands.sample import parse_class_labels
+from ddpm_zoo.generation import generate
+from ddpm_zoo.visualize import EMBEDDED_DIGITS, forward_images
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
@@ -118,13 +121,13 @@ def test_sample_rejects_missing_or_foreign_models(tmp_path):
     with pytest.raises(UserInputError, match="not a pipeline folder"):
         run("sample", str(tmp_path))
     with pytest.raises(SystemExit):
-        run("sample", str(tmp_path), "--scheduler", "heun")
+        run("sample", str(tmp_path), "--scheduler", "no-such-sampler")
 
 
 def test_parse_class_labels():
-    assert sampling.parse_class_labels("0, 1,seven") == [0, 1, "seven"]
-    assert sampling.parse_class_labels(None) is None
-    assert sampling.EMBEDDED_DIGITS == "mnist-5k"
+    assert parse_class_labels("0, 1,seven") == [0, 1, "seven"]
+    assert parse_class_labels(None) is None
+    assert EMBEDDED_DIGITS == "mnist-5k"
 
 
 def test_visualize_forward_strip_from_embedded_digits(models, tmp_path):
@@ -135,7 +138,7 @@ def test_visualize_forward_strip_from_embedded_digits(models, tmp_path):
     with Image.open(out) as strip:
         array = np.asarray(strip.convert("RGB")).astype(int)
     assert (np.abs(array[..., 0] - array[..., 1]) > 60).any()  # tinted like colored-mnist, not gray
-    images, names = sampling.forward_images(None, None, None, 3, 8, 1)
+    images, names = forward_images(None, None, None, 3, 8, 1)
     assert images.shape == (3, 1, 8, 8) and names == ["zero", "one", "two"]
     assert -1 <= images.min() and images.max() <= 1 and images.max() > 0.5
     with pytest.raises(UserInputError, match="outside 0..999"):
@@ -146,7 +149,7 @@ def test_visualize_forward_strip_from_a_local_folder(models, tmp_path):
     for label, value in (("dark", 40), ("light", 220)):
         (tmp_path / "data" / label).mkdir(parents=True)
         Image.new("RGB", (12, 12), (value, value, 0)).save(tmp_path / "data" / label / "a.png")
-    images, names = sampling.forward_images(None, str(tmp_path / "data"), None, 2, 8, 1)
+    images, names = forward_images(None, str(tmp_path / "data"), None, 2, 8, 1)
     assert images.shape == (2, 1, 8, 8) and names == ["dark", "light"]
     out = tmp_path / "strip.png"
     run(
@@ -227,8 +230,11 @@ def test_generate_works_with_plain_diffusers_pipelines():
     from diffusers import DDPMPipeline
 
     pipeline = DDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler(num_train_timesteps=1000))
-    images, labels = sampling.generate(pipeline, num_images=3, num_inference_steps=2, batch_size=2, progress=False)
-    assert len(images) == 3 and labels is None and images[0].size == (8, 8)
+    images, seconds = generate(pipeline, num_images=3, num_inference_steps=2, batch_size=2, progress=False)
+    assert images.shape == (3, 1, 8, 8) and images.dtype == torch.uint8 and seconds > 0
+    # Image i depends on seed + i only: drawn alone from seed 1, image 1 comes out the same.
+    alone, _ = generate(pipeline, num_images=2, num_inference_steps=2, seed=1, batch_size=1, progress=False)
+    assert torch.equal(alone[0], images[1]) and torch.equal(alone[1], images[2])
 
 
 def test_a_folder_with_only_pickle_weights_is_refused(models, tmp_path, capsys):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from torch import nn
 
 from ddpm_zoo.data import COLOR_NAMES, COLOR_PALETTE, EMBEDDED_MNIST, MNIST_5K_CONTENT_SHA256
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.introspection import call_parameters, default_guidance_scale, is_conditional, num_classes, takes_guidance
 from ddpm_zoo.presets import DIGIT_NAMES
 
 DIGIT_SIZE = 28
@@ -490,45 +490,6 @@ class EvaluationContext:
 # --------------------------------------------------------------------------- evaluating a pipeline
 
 
-def _call_parameters(pipeline) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(pipeline.__call__).parameters)
-
-
-def is_conditional(pipeline) -> bool:
-    """Whether the pipeline takes `class_labels` (ddpm-zoo's ClassConditionalDDPMPipeline and the like)."""
-    return "class_labels" in _call_parameters(pipeline)
-
-
-def is_self_guided(pipeline) -> bool:
-    """Whether an unconditional pipeline samples with classifier-free guidance over k-means clusters."""
-    return pipeline.config.get("cluster_sizes") is not None
-
-
-def takes_guidance(pipeline) -> bool:
-    """Whether a guidance weight applies: classifier-free guidance (class-conditional), autoguidance (an
-    unconditional pipeline with a `guide_unet`) or self-guidance (one with `cluster_sizes`)."""
-    if "guidance_scale" not in _call_parameters(pipeline):
-        return False
-    return is_conditional(pipeline) or getattr(pipeline, "guide_unet", None) is not None or is_self_guided(pipeline)
-
-
-def default_guidance_scale(pipeline) -> float | None:
-    """The weight the pipeline uses when none is given; None where no guidance applies."""
-    if not takes_guidance(pipeline):
-        return None
-    if is_conditional(pipeline):
-        return _call_parameters(pipeline)["guidance_scale"].default
-    return float(
-        pipeline.config.self_guidance_scale if is_self_guided(pipeline) else pipeline.config.autoguidance_scale
-    )
-
-
-def num_classes(pipeline) -> int:
-    """Number of real classes of a class-conditional pipeline (the null class excluded)."""
-    count = getattr(pipeline, "num_classes", None)
-    return int(count) if count is not None else int(pipeline.unet.config.num_class_embeds) - 1
-
-
 def is_digit_model(pipeline) -> bool:
     """A 1- or 3-channel model of 28 px digits, or one whose class names are the ten digits."""
     config = pipeline.unet.config
@@ -700,7 +661,7 @@ def evaluate_pipeline(
 def requested_labels(pipeline, num_samples: int, seed: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Balanced digit labels for a class-conditional pipeline and, for one that takes `color_labels`
     (joint digit-and-color conditioning), balanced colors in a seeded order; None where not taken."""
-    parameters = _call_parameters(pipeline)
+    parameters = call_parameters(pipeline)
     labels = balanced_labels(num_samples, num_classes(pipeline)) if "class_labels" in parameters else None
     colors = None
     if "color_labels" in parameters:
@@ -934,62 +895,11 @@ def describe_setting(row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _parse_list(text: str, convert, option: str, check, requirement: str) -> list:
-    try:
-        values = [convert(item.strip()) for item in text.split(",") if item.strip()]
-    except ValueError:
-        values = []
-    if not values or not all(check(value) for value in values):
-        raise UserInputError(f"{option} takes a comma-separated list of {requirement}, got {text!r}")
-    return values
+def add_cli_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `evaluate` (ddpm_zoo.commands.evaluate) for the `ddpm-zoo` entry point."""
+    from ddpm_zoo.commands import evaluate  # the command imports this module; the entry point will register it
 
-
-def add_cli_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `ddpm-zoo evaluate MODEL ...` (handler: `run_evaluate`)."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a model offline (digit metrics; FID/KID, FD-DINOv2 where available); sweeps settings",
-        description="Sample a model and score it under the protocol of docs/evaluation.md. Comma lists "
-        "in --scheduler, --steps and --guidance make a sweep table.",
-    )
-    parser.add_argument("model", help="a pipeline folder or Hub model id")
-    parser.add_argument("--num_samples", type=int, default=5000, help="samples per setting (default 5000)")
-    parser.add_argument("--batch_size", type=int, default=250)
-    parser.add_argument(
-        "--scheduler", default="dpmsolver", help="comma list of ddpm, ddim, dpmsolver, euler, unipc, or 'own'"
-    )
-    parser.add_argument("--steps", default="25", help="comma list of denoising step counts (default 25)")
-    parser.add_argument(
-        "--guidance",
-        default=None,
-        help="comma list of guidance scales (class-conditional, autoguided or self-guided models; default: the "
-        "pipeline's own)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--output",
-        default=None,
-        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} for a folder, ./{RESULTS_FILE} for a Hub id); "
-        "a trained folder's model card is refreshed only from its own results file",
-    )
-    parser.add_argument(
-        "--reference",
-        default=None,
-        help="real images for non-digit models: a Hub dataset id or a local folder",
-    )
-    parser.add_argument(
-        "--model_kind",
-        choices=("auto", "digits", "other"),
-        default="auto",
-        help="digit metrics or not (auto: 1/3-channel 28 px or digit class names)",
-    )
-    parser.add_argument("--no_extra_metrics", action="store_true", help="skip FID/KID and FD-DINOv2")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    from ddpm_zoo.hub import add_trust_remote_code_option
-
-    add_trust_remote_code_option(parser)
-    parser.set_defaults(func=run_evaluate)
-    return parser
+    evaluate.add_parser(subparsers)
 
 
 def output_path(model: str, output: str | None) -> Path:
@@ -998,68 +908,6 @@ def output_path(model: str, output: str | None) -> Path:
         target = Path(output)
         return target if target.suffix == ".json" else target / RESULTS_FILE
     return Path(model) / RESULTS_FILE if Path(model).is_dir() else Path.cwd() / RESULTS_FILE
-
-
-def load_pipeline(model: str, device: str, trust_remote_code: bool = False):
-    """`ddpm_zoo.loading.load_pipeline` (no downloaded code, safetensors only, one-line errors), for pipelines
-    with a UNet."""
-    from ddpm_zoo.loading import load_pipeline as load_any
-
-    pipeline = load_any(model, device, trust_remote_code=trust_remote_code)
-    if not hasattr(pipeline, "unet"):
-        raise UserInputError(f"{model} is not a ddpm-zoo style pipeline (it has no unet)")
-    return pipeline
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """`ddpm-zoo evaluate`: sweep the requested settings, print the table, write the JSON."""
-    from ddpm_zoo.schedulers import SCHEDULERS
-
-    schedulers = _parse_list(
-        args.scheduler,
-        str,
-        "--scheduler",
-        lambda s: s in SCHEDULERS or s == "own",
-        f"scheduler names ({', '.join(SCHEDULERS)}, own)",
-    )
-    steps = _parse_list(args.steps, int, "--steps", lambda n: n >= 1, "positive integers")
-    guidance = (
-        [None]
-        if args.guidance is None
-        else _parse_list(args.guidance, float, "--guidance", lambda g: g >= 0 and math.isfinite(g), "numbers >= 0")
-    )
-    if args.num_samples < 2 or args.batch_size < 1:
-        raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
-    from ddpm_zoo.outputs import check_output_file, check_seed
-
-    check_seed(args.seed)
-    target = output_path(args.model, args.output)
-    check_output_file(target)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipeline = load_pipeline(args.model, device, args.trust_remote_code)
-    if args.guidance is not None and not takes_guidance(pipeline):
-        raise UserInputError(
-            "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
-            "models only"
-        )
-    digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
-    context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
-    rows = sweep(
-        pipeline,
-        [None if s == "own" else s for s in schedulers],
-        steps,
-        guidance,
-        args.num_samples,
-        args.batch_size,
-        args.seed,
-        context=context,
-    )
-    document = results_document(args.model, rows, context)
-    path = write_results(document, target)
-    print(f"results written to {path}")
-    if Path(args.model).is_dir():
-        update_model_card(Path(args.model), document, card_row(rows, default_guidance_scale(pipeline)), path)
-    return 0
 
 
 def update_model_card(folder: Path, document: dict[str, Any], row: int, results_path: Path) -> None:

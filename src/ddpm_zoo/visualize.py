@@ -8,11 +8,19 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ddpm_zoo.introspection import has_named_classes
+from ddpm_zoo.presets import DIGIT_NAMES
+
 TEXT_COLOR = (235, 235, 235)
 TARGET_TILE_PX = 84  # upscale small images to about this size
+EMBEDDED_DIGITS = "mnist-5k"  # = ddpm_zoo.data.EMBEDDED_MNIST; data is imported lazily (datasets is slow)
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F", "P")
+# The forward strip's columns as shares of the schedule: t = 0, 50, 100, 200, 300, 400, 600, 800, 999 for T = 1000.
+FORWARD_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None, padding: int = 2) -> Image.Image:
@@ -180,6 +188,67 @@ def forward_strip(
     return annotated_table(rows, row_labels=row_labels, column_labels=headers)
 
 
+def default_forward_timesteps(num_train_timesteps: int) -> list[int]:
+    """The forward strip's default columns for a schedule of T steps: FORWARD_FRACTIONS of T, the last T - 1."""
+    return sorted({min(round(share * num_train_timesteps), num_train_timesteps - 1) for share in FORWARD_FRACTIONS})
+
+
+def forward_images(
+    dataset_name: str | None,
+    train_data_dir: str | None,
+    image_column: str | None,
+    num_images: int,
+    resolution: int,
+    channels: int,
+    seed: int = 0,
+) -> tuple[torch.Tensor, list[str] | None]:
+    """`num_images` real images in model space ([-1, 1], NCHW) and their class names: one per class
+    where the data has labels. Grayscale data is tinted like colored-mnist for a 3-channel model."""
+    from ddpm_zoo import data  # imported here: `datasets` is slow to import and only the forward strip needs it
+
+    if train_data_dir is None and (dataset_name or EMBEDDED_DIGITS) == EMBEDDED_DIGITS:
+        arrays, digit_labels = data.load_mnist_5k_arrays()
+        indices = first_of_each_class(digit_labels.tolist(), num_images)
+        pixels = [
+            data.image_to_array(Image.fromarray(arrays[i], mode="L"), resolution, 1, False, f"digit #{i}")
+            for i in indices
+        ]
+        decoded = data.DecodedImages(torch.from_numpy(np.stack(pixels)), None)
+        labels, class_names, grayscale = [int(digit_labels[i]) for i in indices], DIGIT_NAMES, True
+    else:
+        source = data.load_image_source(dataset_name, train_data_dir, image_column=image_column)
+        column = source.dataset[source.label_column] if source.label_column else None
+        count = min(num_images, len(source.dataset))
+        indices = first_of_each_class(column, count) if column else list(range(count))
+        subset = data.ImageSource(
+            source.dataset.select(indices),
+            source.image_column,
+            source.label_column,
+            source.class_names,
+        )
+        grayscale = subset.dataset[0][subset.image_column].mode in GRAYSCALE_MODES
+        decoded = data.decode_dataset(subset, resolution, 1 if grayscale else channels, convert_channels=True)
+        labels = [int(column[i]) for i in indices] if column else None
+        class_names = source.class_names
+    if channels == 3 and grayscale:
+        decoded = data.apply_colorizer(decoded, seed)
+    images = decoded.images.float() / 127.5 - 1
+    if labels is None:
+        return images, None
+    return images, [class_names[k] if k < len(class_names) else str(k) for k in labels]
+
+
+def first_of_each_class(labels: Sequence[int], count: int) -> list[int]:
+    """Indices of the first example of each class in class order, then further examples, `count` in all."""
+    first: dict[int, int] = {}
+    for index, label in enumerate(labels):
+        first.setdefault(int(label), index)
+    chosen = [first[label] for label in sorted(first)][:count]
+    taken = set(chosen)
+    chosen += [i for i in range(len(labels)) if i not in taken][: max(0, count - len(chosen))]
+    return chosen
+
+
 # ---- (b, c) the reverse process ----
 
 
@@ -199,13 +268,6 @@ def model_space(scheduler, latents: torch.Tensor) -> torch.Tensor:
     index = scheduler.step_index
     sigma = scheduler.sigmas[min(index, len(scheduler.sigmas) - 1)].to(latents.device)
     return latents / (sigma**2 + 1).sqrt()
-
-
-def has_named_classes(pipeline) -> bool:
-    """True for ddpm-zoo's class-conditional pipeline (also when loaded as Hub remote code), whose
-    `class_index`, `labels` and `num_classes` turn names into indices and back; a generic pipeline that
-    merely takes `class_labels` (`evaluation.is_conditional`) has none of these."""
-    return hasattr(pipeline, "encode_class_labels")
 
 
 def reverse_process_frames(

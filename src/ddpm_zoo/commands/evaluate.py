@@ -1,0 +1,139 @@
+"""`ddpm-zoo evaluate MODEL`: score a model under the published protocol (docs/evaluation.md), sweeping the
+requested settings; prints the table, writes the JSON and refreshes a trained folder's model card."""
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diffusers import DiffusionPipeline
+
+from ddpm_zoo.commands import add_trust_remote_code_option
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.evaluation import (
+    RESULTS_FILE,
+    card_row,
+    make_context,
+    output_path,
+    results_document,
+    sweep,
+    update_model_card,
+    write_results,
+)
+from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
+from ddpm_zoo.loading import default_device, load_pipeline
+from ddpm_zoo.outputs import check_output_file, check_seed
+from ddpm_zoo.schedulers import SCHEDULERS
+
+
+def parse_list(text: str, convert: Callable[[str], Any], option: str, check: Callable, requirement: str) -> list:
+    """A comma list of `option` values, each converted and checked; one error line naming `requirement`."""
+    try:
+        values = [convert(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(check(value) for value in values):
+        raise UserInputError(f"{option} takes a comma-separated list of {requirement}, got {text!r}")
+    return values
+
+
+def load_unet_pipeline(model: str, device: str | None, trust_remote_code: bool = False) -> DiffusionPipeline:
+    """`ddpm_zoo.loading.load_pipeline`, for pipelines with a UNet (the ones evaluation can score)."""
+    pipeline = load_pipeline(model, device, trust_remote_code=trust_remote_code)
+    if not hasattr(pipeline, "unet"):
+        raise UserInputError(f"{model} is not a ddpm-zoo style pipeline (it has no unet)")
+    return pipeline
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ddpm-zoo evaluate`: sweep the requested settings, print the table, write the JSON."""
+    schedulers = parse_list(
+        args.scheduler,
+        str,
+        "--scheduler",
+        lambda s: s in SCHEDULERS or s == "own",
+        f"scheduler names ({', '.join(SCHEDULERS)}, own)",
+    )
+    steps = parse_list(args.steps, int, "--steps", lambda n: n >= 1, "positive integers")
+    guidance = (
+        [None]
+        if args.guidance is None
+        else parse_list(args.guidance, float, "--guidance", lambda g: g >= 0 and math.isfinite(g), "numbers >= 0")
+    )
+    if args.num_samples < 2 or args.batch_size < 1:
+        raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
+    check_seed(args.seed)
+    target = output_path(args.model, args.output)
+    check_output_file(target)
+    pipeline = load_unet_pipeline(args.model, args.device or default_device(), args.trust_remote_code)
+    if args.guidance is not None and not takes_guidance(pipeline):
+        raise UserInputError(
+            "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
+            "models only"
+        )
+    digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
+    context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
+    rows = sweep(
+        pipeline,
+        [None if s == "own" else s for s in schedulers],
+        steps,
+        guidance,
+        args.num_samples,
+        args.batch_size,
+        args.seed,
+        context=context,
+    )
+    document = results_document(args.model, rows, context)
+    path = write_results(document, target)
+    print(f"results written to {path}")
+    if Path(args.model).is_dir():
+        update_model_card(Path(args.model), document, card_row(rows, default_guidance_scale(pipeline)), path)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `evaluate` on the `ddpm-zoo` command's subparsers."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model offline (digit metrics; FID/KID, FD-DINOv2 where available); sweeps settings",
+        description="Sample a model and score it under the protocol of docs/evaluation.md. Comma lists "
+        "in --scheduler, --steps and --guidance make a sweep table.",
+    )
+    parser.add_argument("model", help="a pipeline folder or Hub model id")
+    parser.add_argument("--num_samples", type=int, default=5000, help="samples per setting (default 5000)")
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--scheduler", default="dpmsolver", help=f"comma list of {', '.join(SCHEDULERS)}, or 'own'")
+    parser.add_argument(
+        "--steps",
+        default="25",
+        help="comma list of denoising step counts (default 25; at most the model's training timesteps)",
+    )
+    parser.add_argument(
+        "--guidance",
+        default=None,
+        help="comma list of guidance scales (class-conditional, autoguided or self-guided models; default: the "
+        "pipeline's own)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help=f"JSON file or folder (default: MODEL/{RESULTS_FILE} for a folder, ./{RESULTS_FILE} for a Hub id); "
+        "a trained folder's model card is refreshed only from its own results file",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="real images for non-digit models: a Hub dataset id or a local folder",
+    )
+    parser.add_argument(
+        "--model_kind",
+        choices=("auto", "digits", "other"),
+        default="auto",
+        help="digit metrics or not (auto: 1/3-channel 28 px or digit class names)",
+    )
+    parser.add_argument("--no_extra_metrics", action="store_true", help="skip FID/KID and FD-DINOv2")
+    parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
+    add_trust_remote_code_option(parser)
+    parser.set_defaults(func=run)

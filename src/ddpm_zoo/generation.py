@@ -1,0 +1,190 @@
+"""Generating images from a loaded pipeline: the one sampling loop of `ddpm-zoo sample`, `visualize`,
+`evaluate` and the benchmarks, its default step counts, and the checks on what it is asked for.
+
+Image i of a run is drawn with its own CPU generator seeded `seed + i`, so it depends on the seed and its
+index only: not on the batch size, nor on which images are drawn with it.
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.introspection import has_named_classes, num_train_timesteps, supports_step_callback, takes_guidance
+from ddpm_zoo.schedulers import scheduler_name
+from ddpm_zoo.visualize import sample_grid
+
+# The step counts each sampler is usually run at (and is tested at against closed forms); capped at the
+# model's training timesteps T. A scheduler not named here gets FALLBACK_STEPS.
+DEFAULT_STEPS = {
+    "ddpm": 1000,
+    "ddim": 50,
+    "dpmsolver": 20,
+    "dpmsolver-sde": 20,
+    "dpmsolver-singlestep": 20,
+    "unipc": 20,
+    "deis": 20,
+    "euler": 50,
+    "euler-ancestral": 50,
+    "heun": 25,
+    "lms": 50,
+    "pndm": 50,
+}
+FALLBACK_STEPS = 50
+
+
+def default_steps(pipeline: DiffusionPipeline) -> int:
+    """The usual number of steps for the pipeline's scheduler (DDPM 1000, the others 20-50), at most T."""
+    usual = DEFAULT_STEPS.get(scheduler_name(pipeline.scheduler) or "", FALLBACK_STEPS)
+    return min(usual, num_train_timesteps(pipeline))
+
+
+def check_positive(**values: int | float | None) -> None:
+    """Each named value must be >= 1 (None is allowed: it means a default)."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UserInputError(f"--{name} must be at least 1, got {value}")
+
+
+def check_step_count(pipeline: DiffusionPipeline, num_steps: int, option: str = "--num_inference_steps") -> None:
+    """A sampler takes at most T steps: one per timestep of the training schedule."""
+    limit = num_train_timesteps(pipeline)
+    if num_steps > limit:
+        raise UserInputError(
+            f"{option} {num_steps} is more than this model's {limit} training timesteps; use at most {limit}"
+        )
+
+
+def check_guidance(pipeline: DiffusionPipeline, guidance_scale: float | None) -> None:
+    """A guidance weight needs a model that takes one."""
+    if guidance_scale is not None and not takes_guidance(pipeline):
+        raise UserInputError(
+            "this model is unconditional without guidance; --guidance_scale needs a class-conditional, an "
+            "autoguided (guide_unet) or a self-guided (cluster_sizes) one"
+        )
+
+
+def image_labels(
+    pipeline: DiffusionPipeline, num_images: int | None, class_labels: Sequence[int | str] | None
+) -> list[int] | None:
+    """Class index of each image: `class_labels` (indices or names) repeated to `num_images` (default:
+    every class once). None for an unconditional pipeline, where class labels are an error."""
+    if not has_named_classes(pipeline):
+        if class_labels:
+            raise UserInputError("this model is unconditional; --class_labels needs a class-conditional one")
+        return None
+    try:
+        indices = [pipeline.class_index(label) for label in class_labels or range(pipeline.num_classes)]
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    count = num_images or len(indices)
+    return [indices[i % len(indices)] for i in range(count)]
+
+
+def label_names(pipeline: DiffusionPipeline, indices: Sequence[int]) -> list[str]:
+    """Class names where the model has them, else the indices as text."""
+    names = pipeline.labels if has_named_classes(pipeline) else []
+    return [names[i] if i < len(names) else str(i) for i in indices]
+
+
+def generate(
+    pipeline: DiffusionPipeline,
+    num_images: int,
+    num_inference_steps: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    class_labels: Sequence[int] | torch.Tensor | None = None,
+    color_labels: Sequence[int] | torch.Tensor | None = None,
+    guidance_scale: float | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, float]:
+    """Sample `num_images` images in batches of `batch_size`; returns them as uint8 NCHW (the pixels a PNG
+    holds) and the seconds spent in the pipeline.
+
+    `class_labels` and `color_labels` hold one class index per image; `guidance_scale` None is the
+    pipeline's default. Image i uses a CPU generator seeded `seed + i` (module docstring).
+    """
+    check_positive(num_images=num_images, batch_size=batch_size, num_inference_steps=num_inference_steps)
+    check_step_count(pipeline, num_inference_steps)
+    check_guidance(pipeline, guidance_scale)
+    step_callback = supports_step_callback(pipeline)
+    bar = tqdm(
+        total=-(-num_images // batch_size) * num_inference_steps,
+        unit="step",
+        desc="sampling",
+        disable=not progress,
+        leave=False,
+    )
+    previous = dict(getattr(pipeline, "_progress_bar_config", {}))
+    pipeline.set_progress_bar_config(**{**previous, "disable": True})  # one bar, over all batches
+    batches, seconds = [], 0.0
+    try:
+        for start in range(0, num_images, batch_size):
+            stop = min(start + batch_size, num_images)
+            kwargs = {
+                "generator": [torch.Generator().manual_seed(seed + i) for i in range(start, stop)],
+                "num_inference_steps": num_inference_steps,
+                "output_type": "np",
+            }
+            if class_labels is not None:
+                kwargs["class_labels"] = [int(label) for label in class_labels[start:stop]]
+            else:
+                kwargs["batch_size"] = stop - start
+            if color_labels is not None:
+                kwargs["color_labels"] = [int(color) for color in color_labels[start:stop]]
+            if guidance_scale is not None:
+                kwargs["guidance_scale"] = guidance_scale
+            if step_callback:
+                kwargs["callback_on_step_end"] = _step_counter(bar)
+            began = time.perf_counter()
+            images = torch.from_numpy(np.asarray(pipeline(**kwargs).images))
+            batches.append((images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2))
+            seconds += time.perf_counter() - began
+            if not step_callback:
+                bar.update(num_inference_steps)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    finally:
+        bar.close()
+        pipeline.set_progress_bar_config(**previous)
+    return torch.cat(batches), seconds
+
+
+def _step_counter(bar: tqdm) -> Callable:
+    def advance(pipeline, i, t, callback_kwargs):
+        bar.update(1)
+        return callback_kwargs
+
+    return advance
+
+
+def pil_images(images: torch.Tensor) -> list[Image.Image]:
+    """uint8 NCHW images -> PIL images (mode L for 1 channel, RGB for 3)."""
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a[..., 0], mode="L") if a.shape[-1] == 1 else Image.fromarray(a) for a in arrays]
+
+
+def save_samples(
+    images: Sequence[Image.Image], output_dir: str | Path, names: Sequence[str] | None = None
+) -> list[Path]:
+    """Write `00000.png`, ... (`00000_seven.png` with class names) and `grid.png`, labelled where named."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        suffix = f"_{_safe(names[i])}" if names else ""
+        path = output_dir / f"{i:05d}{suffix}.png"
+        image.save(path)
+        paths.append(path)
+    sample_grid(images, names).save(output_dir / "grid.png")
+    return paths
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in name)
