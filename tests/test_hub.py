@@ -22,15 +22,10 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from PIL import Image
 
 from ddpm_zoo import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.cards import TrainingSummary, render_model_card
+from ddpm_zoo.commands.push import add_parser
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import (
-    TrainingSummary,
-    add_cli_parser,
-    publishable_files,
-    push_pipeline_folder,
-    render_model_card,
-    save_pipeline_folder,
-)
+from ddpm_zoo.publish import publishable_files, push_pipeline_folder, save_pipeline_folder
 
 pytest_plugins = ["hub_server"]
 # huggingface_hub's own basic-LFS PUT passes `data=<file>` to httpx2, which warns; nothing of ours.
@@ -182,7 +177,7 @@ def test_private_repo_is_refused_to_anonymous_clients(hub_server, tmp_path):
 PIN_SCRIPT = """
 import json, sys
 from diffusers import DiffusionPipeline
-from ddpm_zoo.hub import load_pipeline
+from ddpm_zoo.loading import load_pipeline
 repo, first = sys.argv[1], sys.argv[2]
 checksum = lambda pipe: sum(p.double().sum().item() for p in pipe.unet.parameters())
 own = load_pipeline(repo, revision=first)
@@ -280,7 +275,7 @@ def test_push_without_a_token_is_one_line_with_a_hint(hub_server, tmp_path):
 def test_push_command_keeps_the_token_out_of_output_files_and_logs(hub_server, tmp_path, capsys, caplog):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     parser = argparse.ArgumentParser(prog="ddpm-zoo")
-    add_cli_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["push", str(folder), f"{TEST_USER}/cli", "--private", "--commit-message", "From the CLI"]
         + ["--token", TEST_TOKEN]
@@ -423,7 +418,7 @@ def test_an_unreachable_hub_is_one_line_and_leaves_the_folder(tmp_path, monkeypa
 def test_a_push_to_another_repo_retargets_the_card_and_keeps_its_results(hub_server, tmp_path):
     from huggingface_hub import EvalResult, ModelCard
 
-    from ddpm_zoo.hub import refresh_model_card
+    from ddpm_zoo.cards import refresh_model_card
 
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id="old-name")
     summary = {"card": dataclasses.asdict(tiny_summary(False)), "hub_model_id": "old-name"}
@@ -497,7 +492,7 @@ def test_training_checks_the_push_target_before_its_first_step(tmp_path):
 
 def test_a_repo_the_token_cannot_write_is_refused_before_training(hub_server, tmp_path):
     """create_repo(exist_ok=True) accepts someone else's existing repo; the write check must not."""
-    from ddpm_zoo.hub import create_push_repo
+    from ddpm_zoo.publish import create_push_repo
 
     HfApi(token=OTHER_TOKEN).create_repo("someone-else/theirs")
     with pytest.raises(UserInputError, match=r"someone-else/theirs exists, and tester's token cannot write to it"):

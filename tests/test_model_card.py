@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.utils import get_session
 
-from ddpm_zoo.hub import GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
+from ddpm_zoo.cards import GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
 from ddpm_zoo.presets import PRESETS
 from ddpm_zoo.schedulers import make_scheduler
 

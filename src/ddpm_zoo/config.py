@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import check_push_target
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
+from ddpm_zoo.publish import check_push_target
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")

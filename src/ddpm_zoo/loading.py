@@ -1,13 +1,18 @@
-"""A pipeline folder or Hub repo id -> a pipeline on a device, without running downloaded code."""
+"""The one loader: a pipeline folder or Hub repo id -> a pipeline on a device, without running downloaded code."""
 
+import json
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
-from ddpm_zoo import hub
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.hub import PICKLE_SUFFIXES, download_pipeline, first_line
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.schedulers import make_scheduler
+
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (UnconditionalDDPMPipeline, ClassConditionalDDPMPipeline)}
 
 
 def default_device() -> str:
@@ -19,31 +24,100 @@ def default_device() -> str:
     return "cpu"
 
 
+def is_component_entry(value) -> bool:
+    """A model_index.json entry naming a component ([library, class] or [null, null] when left out), as
+    opposed to a pipeline config value such as a list of cluster sizes."""
+    return isinstance(value, list) and len(value) == 2 and all(item is None or isinstance(item, str) for item in value)
+
+
+def pipeline_components(index: dict) -> list[str]:
+    """The component folders a `model_index.json` names (`unet`, `scheduler`, ...)."""
+    return [name for name, value in index.items() if not name.startswith("_") and is_component_entry(value)]
+
+
+def read_model_index(folder: Path) -> dict:
+    index_path = folder / "model_index.json"
+    if not folder.is_dir():
+        raise UserInputError(f"{folder} is not a folder")
+    if not index_path.is_file():
+        raise UserInputError(
+            f"{folder} has no model_index.json, so it is not a saved pipeline folder "
+            "(training writes one to --output_dir; save_pipeline_folder writes one too)"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{index_path} is not valid JSON: {error}") from None
+    if not isinstance(index, dict):
+        raise UserInputError(f"{index_path} holds a JSON {type(index).__name__}, not a pipeline index")
+    return index
+
+
+def check_weights(folder: Path, component: str) -> None:
+    """Refuse a component whose weights exist only as pickles: loading a pickle can run arbitrary code."""
+    files = [p for p in (folder / component).glob("*") if p.is_file()]
+    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not any(p.suffix == ".safetensors" for p in files):
+        raise UserInputError(
+            f"{folder / component} holds only pickle weights ({', '.join(sorted(pickles))}); ddpm-zoo publishes "
+            "safetensors only, since loading a pickle can run arbitrary code: re-save the pipeline with "
+            "save_pretrained(..., safe_serialization=True) or ddpm_zoo.publish.save_pipeline_folder"
+        )
+
+
+def load_installed(folder: Path, index: dict, name: str) -> DiffusionPipeline:
+    """A ddpm-zoo pipeline folder loaded into the installed class its index names, component by component."""
+    class_name = index["_class_name"]
+    class_name = class_name[-1] if isinstance(class_name, list) else class_name
+    kwargs = {}
+    for key, value in index.items():
+        if key.startswith("_"):
+            continue
+        if not is_component_entry(value):
+            kwargs[key] = value
+        elif value == [None, None]:  # an optional component left out (e.g. no autoguidance guide_unet)
+            kwargs[key] = None
+        elif value[0] != "diffusers":
+            raise UserInputError(f"{name}: component {key} comes from {value[0]}, not diffusers")
+        else:
+            check_weights(folder, key)
+            kwargs[key] = getattr(diffusers, value[1]).from_pretrained(folder / key)
+    return PIPELINE_CLASSES[class_name](**kwargs)
+
+
 def load_pipeline(
-    model: str, device: str | None = None, scheduler: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    device: str | None = None,
+    scheduler: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
 ) -> DiffusionPipeline:
-    """Load a pipeline folder or Hub repo, optionally swap in scheduler `scheduler` (same noise schedule, via
-    `from_config`), and move it to `device`.
+    """Load a pipeline folder or Hub repo (at `revision`), optionally swap in scheduler `scheduler` (same noise
+    schedule, via `from_config`), and move it to `device` (default: the fastest here).
 
     A Hub repo is one snapshot (from the local cache when offline). ddpm-zoo pipelines load into the
     installed classes and diffusers' own pipelines load as usual, so no downloaded code runs; a folder
     whose `model_index.json` names other custom code needs `trust_remote_code`. Only safetensors weights
-    are read: pickle weights (`.bin`, `.pt`) are refused, since unpickling can run arbitrary code."""
-    path = Path(model).expanduser()
+    are read: pickle weights (`.bin`, `.pt`) are refused, since unpickling can run arbitrary code.
+    (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` runs a repo's pipeline.py instead.)"""
+    path = Path(name_or_path).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():
-        raise UserInputError(f"{model} is not a pipeline folder (it has no model_index.json)")
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
-        raise UserInputError(f"no such model folder: {model}")
-    folder = hub.download_pipeline(str(path) if path.exists() else model)
-    class_name = hub.read_model_index(folder).get("_class_name")
+        raise UserInputError(f"{name_or_path} is not a pipeline folder (it has no model_index.json)")
+    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise UserInputError(f"no such model folder: {name_or_path}")
+    folder = download_pipeline(str(path) if path.exists() else name_or_path, revision, token)
+    index = read_model_index(folder)
+    class_name = index.get("_class_name")
     custom_code = isinstance(class_name, list)
     class_name = class_name[-1] if custom_code else class_name
     try:
-        if class_name in hub.PIPELINE_CLASSES:
-            pipeline = hub.load_pipeline(str(folder))
+        if class_name in PIPELINE_CLASSES:
+            pipeline = load_installed(folder, index, name_or_path)
         elif custom_code and not trust_remote_code:
             raise UserInputError(
-                f"{model} holds custom pipeline code ({class_name}); read it, then pass --trust_remote_code to run it"
+                f"{name_or_path} holds custom pipeline code ({class_name}); read it, then pass --trust_remote_code "
+                "to run it"
             )
         else:
             pipeline = DiffusionPipeline.from_pretrained(
@@ -51,7 +125,7 @@ def load_pipeline(
             )
     except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as error:
         where = "folder" if path.exists() else "Hub repo"
-        raise UserInputError(f"cannot load the {where} {model!r}: {_one_line(error)}") from None
+        raise UserInputError(f"cannot load the {where} {name_or_path!r}: {_one_line(error)}") from None
     if scheduler is not None:
         pipeline.scheduler = make_scheduler(scheduler, pipeline.scheduler.config)
     pipeline.to(device or default_device())
@@ -61,4 +135,4 @@ def load_pipeline(
 
 def _one_line(error: Exception) -> str:
     """The first line of an error message, without diffusers' pointer to a traceback we do not show."""
-    return hub.first_line(error).split(" Please check out the root cause")[0]
+    return first_line(error).split(" Please check out the root cause")[0]

@@ -35,6 +35,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from ddpm_zoo import data as data_lib
+from ddpm_zoo.cards import TrainingSummary, render_model_card
 from ddpm_zoo.checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
@@ -52,30 +53,16 @@ from ddpm_zoo.checkpoints import (
 )
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
-from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import (
-    TrainingSummary,
-    create_push_repo,
-    push_pipeline_folder,
-    render_model_card,
-    save_pipeline_folder,
-)
+from ddpm_zoo.errors import TrainingStopped, UserInputError
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
+from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, save_pipeline_folder
 from ddpm_zoo.schedulers import make_scheduler
 from ddpm_zoo.visualize import make_grid
 
 logger = logging.getLogger("ddpm_zoo")
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
-
-
-class TrainingStopped(Exception):
-    """The run stopped early (signal, non-finite loss); the message says where things are."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
