@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.commands.train import parse_config
 from ddpm_zoo.training import Trainer, cpu_model
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -43,7 +43,7 @@ def build_trainer(preset: str, precision: str, batch: int, flags: str = "", unet
     if unet_config:
         argv += ["--model_config_name_or_path", unet_config]
     argv += flags.split()
-    return Trainer(resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False))
+    return Trainer(parse_config(argv))
 
 
 def mfu_peak_gflops(device: str) -> float:

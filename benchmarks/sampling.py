@@ -25,7 +25,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ddpm_zoo.config import TrainingConfig
-from ddpm_zoo.evaluation import default_guidance_scale, is_conditional
+from ddpm_zoo.introspection import default_guidance_scale, is_conditional
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS
 from ddpm_zoo.schedulers import make_scheduler

@@ -30,17 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_zoo.data import color_indices, colorize, load_mnist_5k_arrays
-from ddpm_zoo.evaluation import (
+from ddpm_zoo.evaluation.classifier import (
     TEST_PER_CLASS,
     DigitClassifier,
     classifier_split,
     classify,
-    color_accuracy,
-    conditional_accuracy,
-    frechet_distance_features,
-    recognisability,
     save_digit_classifier,
 )
+from ddpm_zoo.evaluation.metrics import color_accuracy, conditional_accuracy, frechet_distance_features, recognisability
 
 DATA_FILES = Path(__file__).resolve().parents[1] / "src" / "ddpm_zoo" / "data_files"
 WEIGHTS_FILE = "digit_classifier.safetensors"

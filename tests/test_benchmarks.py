@@ -28,6 +28,7 @@ def run_on_tiny_unet(tmp_path, script: str, *args: str) -> tuple[subprocess.Comp
     return result, json.loads(output.read_text())
 
 
+@pytest.mark.slow
 def test_train_throughput_measures_both_trainers_on_the_self_guided_preset(tmp_path):
     """The mnist-tiny preset self-guides, so its UNet has class embeddings; the baseline must feed them too."""
     result, report = run_on_tiny_unet(
@@ -43,6 +44,7 @@ def test_train_throughput_measures_both_trainers_on_the_self_guided_preset(tmp_p
     assert "official-style" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_throughput_exits_non_zero_when_a_measurement_fails(tmp_path):
     output = tmp_path / "throughput.json"
     result = run_benchmark("train_throughput.py", "--presets", "no-such-preset", "--output", str(output))
@@ -51,6 +53,7 @@ def test_train_throughput_exits_non_zero_when_a_measurement_fails(tmp_path):
     assert json.loads(output.read_text())["rows"] == []
 
 
+@pytest.mark.slow
 def test_sampling_times_the_pipelines_training_saves(tmp_path):
     """mnist-tiny samples self-guided at its default weight unless told guidance 0; cifar10-ddpm unguided."""
     output = tmp_path / "sampling.json"
@@ -115,6 +118,7 @@ def test_profile_categories_of_real_kernel_names(name, category):
     assert profile_step.categorise(name) == category
 
 
+@pytest.mark.slow
 def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
     result, report = run_on_tiny_unet(
         tmp_path,
@@ -145,6 +149,7 @@ def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
     assert not (tmp_path / "logs" / "steps.txt").exists()
 
 
+@pytest.mark.slow
 def test_saved_activations_compares_group_norm_dtypes_and_partitions(tmp_path):
     """The CUDA-like fp32 GroupNorm saves fp32 tensors when partitioned as traced; with Inductor's
     decompositions the partitioner recomputes the upcast, so both GroupNorms save the same bf16 bytes."""

@@ -16,9 +16,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ddpm_zoo import evaluation as ev
+from ddpm_zoo.commands import evaluate
 from ddpm_zoo.data import COLOR_NAMES, color_indices, colorize, load_mnist_5k_arrays
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.evaluation import fidelity, references
+from ddpm_zoo.generation import generate
 from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
 
@@ -148,7 +152,7 @@ def test_reference_statistics_are_cached_by_dataset_and_classifier(eval_cache, d
     _, (other_mu, _) = statistics(dataclasses.replace(reference, key="other-digits"))
     assert torch.equal(other_mu, mu)
     metadata = {**ev.classifier_metadata(), "sha256": "0" * 64}
-    monkeypatch.setattr(ev, "classifier_metadata", lambda: metadata)
+    monkeypatch.setattr(references, "classifier_metadata", lambda: metadata)
     statistics(reference)
 
 
@@ -190,13 +194,13 @@ def test_evaluate_pipeline_scores_an_unconditional_model(capsys):
     assert sum(row["digit_counts"]) == 6
     assert type(pipeline.scheduler) is DDPMScheduler  # the pipeline's own scheduler is restored
     out = capsys.readouterr().out
-    if ev.inception_unavailable():
+    if fidelity.inception_unavailable():
         assert "FID/KID skipped" in out
 
 
 def evaluate_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ddpm-zoo")
-    ev.add_cli_parser(parser.add_subparsers(dest="command"))
+    evaluate.add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["evaluate", *argv])
 
 
@@ -275,8 +279,8 @@ def test_autoguided_model_sweeps_guidance_and_defaults_to_its_saved_scale():
     pipeline = UnconditionalDDPMPipeline(
         unet=tiny_unet(channels=1, size=8), scheduler=DDPMScheduler(), guide_unet=guide, autoguidance_scale=2.5
     )
-    assert ev.takes_guidance(pipeline) and ev.default_guidance_scale(pipeline) == 2.5
-    assert not ev.takes_guidance(tiny_unconditional()) and ev.default_guidance_scale(tiny_unconditional()) is None
+    assert takes_guidance(pipeline) and default_guidance_scale(pipeline) == 2.5
+    assert not takes_guidance(tiny_unconditional()) and default_guidance_scale(tiny_unconditional()) is None
     context = ev.make_context(pipeline, digits=True, extra=False)
     rows = ev.sweep(
         pipeline, ["ddim"], [2], [None, 1.0, 4.0], num_samples=4, batch_size=4, progress=False, context=context
@@ -403,10 +407,10 @@ def test_step_counts_a_sampler_refuses_fail_before_any_sampling(tmp_path):
     args = evaluate_args(
         str(folder), *FAST, "--model_kind", "digits", "--scheduler", "dpmsolver,ddpm", "--steps", "1,1001"
     )
-    with pytest.raises(UserInputError, match="ddpm at 1001 steps"):
+    with pytest.raises(UserInputError, match="--steps 1001 is more than this model's 1000 training timesteps"):
         args.func(args)
     assert not (folder / ev.RESULTS_FILE).exists()
-    with pytest.raises(UserInputError, match="1001"):  # evaluate_pipeline: the pipeline's own ValueError
+    with pytest.raises(UserInputError, match="1001 is more than this model's 1000"):
         ev.evaluate_pipeline(tiny_unconditional(), 2, 2, "ddpm", 1001, digits=True, extra=False, progress=False)
 
 
@@ -418,8 +422,8 @@ def test_sweep_defaults_to_the_protocol_sampler():
 
 
 def test_a_non_digit_model_without_any_usable_metric_is_refused(monkeypatch):
-    monkeypatch.setattr(ev, "inception_unavailable", lambda: "FID/KID skipped: no torchmetrics here")
-    monkeypatch.setattr(ev, "load_dinov2", lambda device: (None, "FD-DINOv2 skipped: no transformers here"))
+    monkeypatch.setattr(references, "inception_unavailable", lambda: "FID/KID skipped: no torchmetrics here")
+    monkeypatch.setattr(references, "load_dinov2", lambda device: (None, "FD-DINOv2 skipped: no transformers here"))
     pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(channels=3, size=8), scheduler=DDPMScheduler())
     reference = ev.Reference("noise", "test", "noise", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), key="zeros")
     with pytest.raises(UserInputError, match="torchmetrics.*DINOv2"):
@@ -467,7 +471,7 @@ class FakeMetric:
 
 
 def test_kid_subsets_are_seeded_and_the_global_generator_is_left_alone():
-    metrics = object.__new__(ev.InceptionMetrics)  # no torchmetrics here: stand-ins for its metrics
+    metrics = object.__new__(fidelity.InceptionMetrics)  # no torchmetrics here: stand-ins for its metrics
     metrics.fid, metrics.kid, metrics.device, metrics.batch_size, metrics.num_real = (
         FakeMetric(), FakeMetric(), "cpu", 2, 4
     )  # fmt: skip
@@ -531,11 +535,11 @@ class DigitAndColorPipeline(ClassConditionalDDPMPipeline):
     """A stand-in for a model conditioned on digit and color (none ships yet): it returns a real digit of
     each requested class in the requested color, and needs both."""
 
-    def __call__(self, class_labels, color_labels, guidance_scale=3.0, generator=None, output_type="pt", **kwargs):
+    def __call__(self, class_labels, color_labels, guidance_scale=3.0, generator=None, output_type="np", **kwargs):
         arrays, labels = load_mnist_5k_arrays()
         first = [int(np.flatnonzero(labels == digit)[-1]) for digit in class_labels]  # held-out digits
         images = colorize(torch.from_numpy(arrays[first]).unsqueeze(1), torch.tensor(color_labels))
-        return ImagePipelineOutput(images=images.float() / 255)
+        return ImagePipelineOutput(images=self.postprocess(images.float() / 127.5 - 1, output_type))
 
 
 def test_a_model_that_takes_colors_is_scored_against_the_requested_colors():
@@ -550,5 +554,5 @@ def test_a_model_that_takes_colors_is_scored_against_the_requested_colors():
 def test_generate_leaves_the_callers_progress_bar_setting_alone():
     pipeline = tiny_unconditional()
     pipeline.set_progress_bar_config(leave=False)
-    images, _ = ev.generate(pipeline, num_samples=2, batch_size=2, num_inference_steps=1, seed=0, progress=False)
+    images, _ = generate(pipeline, num_images=2, batch_size=2, num_inference_steps=1, seed=0, progress=False)
     assert images.shape[0] == 2 and pipeline._progress_bar_config == {"leave": False}

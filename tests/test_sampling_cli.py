@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from ddpm_zoo import outputs, sampling
 from ddpm_zoo.commands.sample import parse_class_labels
-from ddpm_zoo.generation import generate
-from ddpm_zoo.visualize import EMBEDDED_DIGITS, forward_images
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.generation import generate
 from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
+from ddpm_zoo.visualize import EMBEDDED_DIGITS, forward_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
