@@ -187,7 +187,7 @@ def test_evaluate_pipeline_scores_an_unconditional_model(capsys):
         pipeline, num_samples=6, batch_size=4, scheduler="ddim", num_inference_steps=2, digits=True, progress=False
     )
     assert row["scheduler"] == "ddim" and row["guidance_scale"] is None
-    assert row["batch_size"] == 4  # part of the protocol: the noise is drawn batch by batch
+    assert row["batch_size"] == 4  # recorded for the throughput; the samples do not depend on it
     assert ev.describe_setting(row) == "ddim, 2 steps, 6 samples in batches of 4, seed 0"
     assert 0 <= row["recognisability"] <= 1 and row["fd_digits"] > 0 and row["samples_per_second"] > 0
     assert "conditional_accuracy" not in row and "color_accuracy" not in row
@@ -556,3 +556,28 @@ def test_generate_leaves_the_callers_progress_bar_setting_alone():
     pipeline.set_progress_bar_config(leave=False)
     images, _ = generate(pipeline, num_images=2, batch_size=2, num_inference_steps=1, seed=0, progress=False)
     assert images.shape[0] == 2 and pipeline._progress_bar_config == {"leave": False}
+
+
+def test_evaluation_samples_do_not_depend_on_the_batch_size():
+    """Image i is drawn from seed + i, so only the throughput changes with the batch size."""
+    rows = [
+        ev.evaluate_pipeline(tiny_unconditional(), 5, batch, "ddim", 2, digits=True, extra=False, progress=False)
+        for batch in (5, 2)
+    ]
+    assert rows[0]["digit_counts"] == rows[1]["digit_counts"]
+    assert rows[0]["fd_digits"] == rows[1]["fd_digits"] and rows[0]["recognisability"] == rows[1]["recognisability"]
+
+
+def test_evaluate_defaults_work_for_a_model_trained_with_400_timesteps(tmp_path):
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(channels=1, size=8), scheduler=DDPMScheduler(num_train_timesteps=400)
+    )
+    folder = save_pipeline_folder(pipeline, tmp_path / "model")
+    args = evaluate_args(str(folder), "--num_samples", "2", "--model_kind", "digits", "--no_extra_metrics")
+    assert args.func(args) == 0
+    (row,) = json.loads((folder / ev.RESULTS_FILE).read_text())["results"]
+    assert (row["scheduler"], row["num_inference_steps"]) == ("dpmsolver", 25)
+    args = evaluate_args(str(folder), *FAST, "--model_kind", "digits", "--steps", "25,401")
+    with pytest.raises(UserInputError) as error:
+        args.func(args)
+    assert str(error.value) == "--steps 401 is more than this model's 400 training timesteps; use at most 400"

@@ -13,11 +13,14 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddpm_zoo import outputs, sampling
+from ddpm_zoo import outputs
+from ddpm_zoo.commands import sample, visualize
 from ddpm_zoo.commands.sample import parse_class_labels
+from ddpm_zoo.commands.visualize import parse_timesteps
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.generation import generate
+from ddpm_zoo.generation import DEFAULT_STEPS, default_steps, generate
 from ddpm_zoo.hub import save_pipeline_folder
+from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
 from ddpm_zoo.visualize import EMBEDDED_DIGITS, forward_images
@@ -48,7 +51,9 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 def run(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="ddpm-zoo")
-    sampling.add_cli_parsers(parser.add_subparsers(dest="command", required=True))
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    sample.add_parser(subparsers)
+    visualize.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -325,3 +330,62 @@ def test_seeds_torch_cannot_take_are_refused(models, command):
     extra = ["--kind", "grid"] if command == "visualize" else []
     with pytest.raises(UserInputError, match="--seed must be between 0 and"):
         run(command, models["unconditional"], *extra, "--seed", str(2**64))
+
+
+@pytest.fixture(scope="module")
+def short_schedule_model(tmp_path_factory) -> str:
+    """An unconditional model trained with T = 400 timesteps (`--ddpm_num_steps 400`)."""
+    folder = tmp_path_factory.mktemp("short") / "model"
+    pipeline = UnconditionalDDPMPipeline(unet=tiny_unet(1, 8), scheduler=DDPMScheduler(num_train_timesteps=400))
+    save_pipeline_folder(pipeline, folder)
+    return str(folder)
+
+
+def test_default_step_counts_are_capped_at_the_training_timesteps(short_schedule_model):
+    pipeline = load_pipeline(short_schedule_model, "cpu")
+    assert default_steps(pipeline) == 400  # DDPM's usual 1000, capped at T
+    pipeline = load_pipeline(short_schedule_model, "cpu", scheduler="ddim")
+    assert default_steps(pipeline) == DEFAULT_STEPS["ddim"] == 50
+    pipeline.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config, num_train_timesteps=20)
+    assert default_steps(pipeline) == 20
+
+
+def test_forward_strip_default_timesteps_scale_with_the_training_timesteps():
+    assert parse_timesteps(None, 1000) == [0, 50, 100, 200, 300, 400, 600, 800, 999]
+    assert parse_timesteps(None, 400) == [0, 20, 40, 80, 120, 160, 240, 320, 399]
+    assert parse_timesteps(None, 1) == [0]
+
+
+@pytest.mark.slow
+def test_every_default_works_for_a_model_trained_with_400_timesteps(short_schedule_model, tmp_path):
+    """DDPM's default 1000 steps become 400, the forward strip's timesteps end at 399 (about 15 s on a CPU)."""
+    out = tmp_path / "samples"
+    assert run("sample", short_schedule_model, "--num_images", "2", "--output_dir", str(out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "grid.png"]
+    for kind in ("forward", "reverse-grid", "grid"):
+        picture = tmp_path / f"{kind}.png"
+        argv = ["--kind", kind, "--num_images", "1", "--output", str(picture)]
+        assert run("visualize", short_schedule_model, *argv) == 0
+    scaled = tmp_path / "scaled.png"
+    argv = ["--kind", "forward", "--num_images", "1", "--timesteps", "0,20,40,80,120,160,240,320,399"]
+    assert run("visualize", short_schedule_model, *argv, "--output", str(scaled)) == 0
+    assert np.array_equal(pixels(tmp_path / "forward.png"), pixels(scaled))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "--num_inference_steps", "401"],
+        ["sample", "--scheduler", "ddim", "--num_inference_steps", "401"],
+        ["visualize", "--kind", "reverse-grid", "--num_inference_steps", "401"],
+        ["visualize", "--kind", "grid", "--scheduler", "dpmsolver", "--num_inference_steps", "401"],
+    ],
+)
+def test_more_steps_than_training_timesteps_is_one_clear_error(short_schedule_model, tmp_path, argv):
+    command, *options = argv
+    with pytest.raises(UserInputError) as error:
+        run(command, short_schedule_model, *options, "--output" if command == "visualize" else "--output_dir",
+            str(tmp_path / ("x.png" if command == "visualize" else "x")))  # fmt: skip
+    assert str(error.value) == (
+        "--num_inference_steps 401 is more than this model's 400 training timesteps; use at most 400"
+    )
