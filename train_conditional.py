@@ -3,7 +3,7 @@
 
 import sys
 
-from ddpm_zoo.training import main
+from ddpm_zoo.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], conditional=True))

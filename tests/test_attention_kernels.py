@@ -6,7 +6,7 @@ from conftest import tiny_unet
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
-from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.commands.train import build_parser, parse_config
 from ddpm_zoo.training import attention_layers, select_attention
 
 
@@ -86,9 +86,9 @@ def test_both_kernels_give_the_same_outputs_and_gradients(one_thread):
 
 
 def test_attention_option_is_parsed_and_checked(capsys):
-    config = resolve_config(build_parser(conditional=False).parse_args(["--attention", "sdpa"]), conditional=False)
+    config = parse_config(["--attention", "sdpa"], conditional=False)
     assert config.attention == "sdpa"
-    assert resolve_config(build_parser(conditional=False).parse_args([]), conditional=False).attention == "auto"
+    assert parse_config([], conditional=False).attention == "auto"
     with pytest.raises(SystemExit):
         build_parser(conditional=False).parse_args(["--attention", "flash"])
     assert "invalid choice" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
 
-from ddpm_zoo.config import build_parser, load_unet_config, resolve_config
+from ddpm_zoo.commands.train import parse_config
+from ddpm_zoo.config import load_unet_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.presets import PRESETS, get_preset
 
@@ -51,8 +52,7 @@ def test_unknown_preset_is_a_clear_error():
 
 
 def test_command_line_overrides_preset_defaults():
-    args = build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm", "--learning_rate", "3e-4"])
-    config = resolve_config(args, conditional=False)
+    config = parse_config(["--preset", "cifar10-ddpm", "--learning_rate", "3e-4"])
     assert config.learning_rate == 3e-4
     assert config.train_batch_size == 128
     assert config.dataset_name == "uoft-cs/cifar10"
@@ -61,14 +61,13 @@ def test_command_line_overrides_preset_defaults():
 
 def test_push_to_hub_defaults_the_repo_to_the_output_folder_name():
     """As diffusers' example: --push_to_hub without --hub_model_id pushes to the output folder's name."""
-    parse = build_parser(conditional=False).parse_args
-    config = resolve_config(parse(["--push_to_hub", "--output_dir", "runs/my-digits"]), conditional=False)
+    config = parse_config(["--push_to_hub", "--output_dir", "runs/my-digits"])
     assert config.hub_model_id == "my-digits"
-    assert resolve_config(parse(["--output_dir", "runs/x"]), conditional=False).hub_model_id is None
+    assert parse_config(["--output_dir", "runs/x"]).hub_model_id is None
 
 
 def test_conditional_script_defaults_to_colored_mnist():
-    config = resolve_config(build_parser(conditional=True).parse_args([]), conditional=True)
+    config = parse_config([], conditional=True)
     assert config.preset == "colored-mnist"
     assert config.colorize is True
     assert config.conditional is True
@@ -76,8 +75,7 @@ def test_conditional_script_defaults_to_colored_mnist():
 
 
 def test_boolean_options_can_be_switched_off():
-    args = build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm", "--no-random_flip"])
-    assert resolve_config(args, conditional=False).random_flip is False
+    assert parse_config(["--preset", "cifar10-ddpm", "--no-random_flip"]).random_flip is False
 
 
 @pytest.mark.parametrize(
@@ -112,23 +110,22 @@ def test_boolean_options_can_be_switched_off():
 )
 def test_bad_option_values_are_rejected(argv, message):
     with pytest.raises(UserInputError, match=message):
-        resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+        parse_config(argv, conditional=False)
 
 
 def test_num_epochs_replaces_the_presets_step_count():
-    parse = build_parser(conditional=False).parse_args
-    by_epochs = resolve_config(parse(["--num_epochs", "3"]), conditional=False)
+    by_epochs = parse_config(["--num_epochs", "3"])
     assert by_epochs.num_epochs == 3 and by_epochs.max_train_steps is None
-    both = resolve_config(parse(["--num_epochs", "3", "--max_train_steps", "7"]), conditional=False)
+    both = parse_config(["--num_epochs", "3", "--max_train_steps", "7"])
     assert both.max_train_steps == 7
-    assert resolve_config(parse([]), conditional=False).max_train_steps == 1700  # the preset's
+    assert parse_config([]).max_train_steps == 1700  # the preset's
 
 
 def test_diffusers_example_options_are_accepted():
     """As in diffusers' train_unconditional.py: --center_crop (what ddpm-zoo always does), --eval_batch_size
     (images generated for the sample grids) and --save_images_epochs."""
     argv = ["--center_crop", "--eval_batch_size", "8", "--save_images_epochs", "2"]
-    config = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+    config = parse_config(argv, conditional=False)
     assert config.num_sample_images == 8 and config.save_images_epochs == 2
     assert "center_crop" not in config.public_dict()
 
@@ -153,21 +150,21 @@ def test_unusable_model_configs_are_one_clear_error(tmp_path, content, message):
 def test_compile_modes_without_cuda_graphs_accumulate_gradients():
     for mode in ("default", "max-autotune-no-cudagraphs"):
         argv = ["--compile", "--compile_mode", mode, "--gradient_accumulation_steps", "2"]
-        assert resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False).compile_mode == mode
+        assert parse_config(argv, conditional=False).compile_mode == mode
     argv = ["--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"]  # no --compile: unused
-    assert resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False).compile is False
+    assert parse_config(argv, conditional=False).compile is False
 
 
 def test_self_guidance_defaults_apply_to_unconditional_mnist_tiny_only():
-    unconditional = resolve_config(build_parser(conditional=False).parse_args([]), conditional=False)
+    unconditional = parse_config([], conditional=False)
     assert unconditional.self_guidance_clusters == 50 and unconditional.self_guidance_scale == 3.0
     assert unconditional.autoguidance_scale == 1.0
-    conditional = resolve_config(build_parser(conditional=True).parse_args(["--preset", "mnist-tiny"]), True)
+    conditional = parse_config(["--preset", "mnist-tiny"], conditional=True)
     assert conditional.self_guidance_clusters == 0
-    cifar = resolve_config(build_parser(conditional=False).parse_args(["--preset", "cifar10-ddpm"]), False)
+    cifar = parse_config(["--preset", "cifar10-ddpm"], conditional=False)
     assert cifar.self_guidance_clusters == 0 and cifar.autoguidance_scale == 1.0
     argv = ["--self_guidance_clusters", "0", "--autoguidance_scale", "3"]
-    autoguided = resolve_config(build_parser(conditional=False).parse_args(argv), conditional=False)
+    autoguided = parse_config(argv, conditional=False)
     assert autoguided.autoguidance_scale == 3.0 and autoguided.self_guidance_clusters == 0
 
 
@@ -176,14 +173,11 @@ def test_the_presets_own_network_is_recognised_for_its_card(tmp_path):
     JSON file, and not to the same network at another resolution."""
     from ddpm_zoo.training import as_json, resolve_unet_config
 
-    parse = build_parser(conditional=False).parse_args
     preset = get_preset("mnist-tiny")
-    default = resolve_unet_config(resolve_config(parse([]), conditional=False), preset)
+    default = resolve_unet_config(parse_config([]), preset)
     assert as_json(default) == as_json(preset.unet)
     (tmp_path / "config.json").write_text(json.dumps(dict(preset.unet)))
-    from_file = resolve_unet_config(
-        resolve_config(parse(["--model_config_name_or_path", str(tmp_path)]), conditional=False), preset
-    )
+    from_file = resolve_unet_config(parse_config(["--model_config_name_or_path", str(tmp_path)]), preset)
     assert as_json(from_file) == as_json(preset.unet)
-    smaller = resolve_unet_config(resolve_config(parse(["--resolution", "16"]), conditional=False), preset)
+    smaller = resolve_unet_config(parse_config(["--resolution", "16"]), preset)
     assert as_json(smaller) != as_json(preset.unet)

@@ -22,8 +22,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ddpm_zoo import checkpoints
+from ddpm_zoo.commands.train import main as training_main
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.training import main as training_main
 
 SCRIPT = str(REPO_ROOT / "train_unconditional.py")
 LONG_RUN = {"checkpointing_steps": "10", "logging_steps": "1", "lr_warmup_steps": "5"}

@@ -187,9 +187,9 @@ def test_resume_continues_with_saved_optimizer_and_ema(tmp_path, unconditional_r
 
 COMPILER_CONFIG = """
 import sys
-from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.commands.train import build_parser, parse_config
 from ddpm_zoo.training import Trainer
-trainer = Trainer(resolve_config(build_parser(conditional=False).parse_args(sys.argv[1:]), conditional=False))
+trainer = Trainer(parse_config(sys.argv[1:], conditional=False))
 print(trainer.model.get_compiler_config()["triton.cudagraphs"])
 """
 
@@ -203,9 +203,9 @@ def test_compile_mode_reaches_torch_compile(tmp_path, mode, cuda_graphs):
 
 CUDNN_BENCHMARK = """
 import sys, torch
-from ddpm_zoo.config import build_parser, resolve_config
+from ddpm_zoo.commands.train import build_parser, parse_config
 from ddpm_zoo.training import Trainer
-Trainer(resolve_config(build_parser(conditional=False).parse_args(sys.argv[1:]), conditional=False))
+Trainer(parse_config(sys.argv[1:], conditional=False))
 print(torch.backends.cudnn.benchmark)
 """
 

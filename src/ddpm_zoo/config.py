@@ -1,11 +1,15 @@
-"""Training options: one dataclass, the argparse front end both training scripts share, and the rule
-that a preset supplies defaults which any option given on the command line overrides."""
+"""Training options: one dataclass whose fields declare each option once (default, help, choices, range),
+and the rule that a preset supplies defaults which any option given on the command line overrides.
 
-import argparse
+The command layer builds its parser and help from these fields; `validate` checks each field's range and
+then the rules that tie several options together.
+"""
+
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,237 +30,224 @@ POLYNOMIAL_LR_END = 1e-7  # diffusers' get_scheduler("polynomial") decays to thi
 MAX_SEED = 2**32 - 1  # Accelerate's set_seed seeds NumPy, which takes 0..2**32 - 1
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values an option accepts: `accepts(value)`, and `phrase` for the error line
+    "--NAME must be PHRASE, got VALUE"."""
+
+    accepts: Callable[[Any], bool]
+    phrase: str
+
+
+AT_LEAST_1 = Range(lambda v: v >= 1, "at least 1")
+NON_NEGATIVE = Range(lambda v: v >= 0, ">= 0")
+FINITE_POSITIVE = Range(lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+FINITE_NON_NEGATIVE = Range(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+BELOW_1 = Range(lambda v: 0 <= v < 1, "in [0, 1)")
+
+DATA = "data"
+MODEL = "model and noise schedule"
+OPTIMISATION = "optimisation"
+OUTPUTS = "outputs, checkpoints and logging"
+HUB = "Hugging Face Hub"
+
+
+def option(
+    default: Any,
+    help: str = "",
+    group: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    valid: Range | None = None,
+    aliases: tuple[str, ...] = (),
+    unconditional_only: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A `TrainingConfig` field that is also a command-line option `--NAME`: its default (where the preset sets
+    none), help, argparse group, choices, accepted range (checked unless the value is None), other spellings,
+    and whether only unconditional models have it. A secret stays out of `public_dict`."""
+    metadata = {
+        "help": help,
+        "group": group,
+        "choices": choices,
+        "valid": valid,
+        "aliases": aliases,
+        "unconditional_only": unconditional_only,
+        "secret": secret,
+    }
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
+
+
 @dataclass
 class TrainingConfig:
     """Everything a training run needs; field names are the command-line option names."""
 
-    preset: str = UNCONDITIONAL_PRESET
-    conditional: bool = False
+    preset: str = option(
+        UNCONDITIONAL_PRESET, f"recipe: {', '.join(PRESETS)}; its network, noise schedule, data and defaults"
+    )
+    conditional: bool = option(False, "train a class-conditional model with classifier-free guidance")
     # data
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    train_data_dir: str | None = None
-    image_column: str | None = None
-    label_column: str | None = None
-    cache_dir: str | None = None
-    resolution: int | None = None
-    random_flip: bool = False
-    colorize: bool = False
-    convert_channels: bool = False
-    skip_bad_images: bool = False
-    streaming: bool = False
-    dataloader_num_workers: int = 2
+    dataset_name: str | None = option(None, "Hub dataset id, or mnist-5k for the embedded digits", DATA)
+    dataset_config_name: str | None = option(None, "the Hub dataset's configuration", DATA)
+    train_data_dir: str | None = option(None, "local image folder, or parquet/arrow files", DATA)
+    image_column: str | None = option(None, "the dataset's image column (default: the first image column)", DATA)
+    label_column: str | None = option(None, "the dataset's class label column (conditional training)", DATA)
+    cache_dir: str | None = option(None, "where datasets caches downloads", DATA)
+    resolution: int | None = option(None, "image size in pixels (default: the network's)", DATA, valid=AT_LEAST_1)
+    random_flip: bool = option(False, "randomly flip images horizontally", DATA)
+    colorize: bool = option(False, "tint grayscale digits with seeded palette colors", DATA)
+    convert_channels: bool = option(False, "convert images to the model's channel count instead of failing", DATA)
+    skip_bad_images: bool = option(False, "skip unreadable images (counted) instead of failing", DATA)
+    streaming: bool = option(
+        False, "decode per batch in DataLoader workers instead of holding the data in memory", DATA
+    )
+    dataloader_num_workers: int = option(2, "DataLoader workers of --streaming", DATA, valid=NON_NEGATIVE)
     # model and noise schedule
-    model_config_name_or_path: str | None = None
-    ddpm_num_steps: int = 1000
-    ddpm_beta_schedule: str = "linear"
-    prediction_type: str = "epsilon"
-    snr_gamma: float | None = None
-    cond_drop_prob: float = 0.1
-    autoguidance_scale: float = 1.0
-    autoguidance_guide_fraction: float = 0.25
-    self_guidance_clusters: int = 0
-    self_guidance_scale: float = 3.0
+    model_config_name_or_path: str | None = option(None, "a UNet2DModel config.json (file or folder)", MODEL)
+    ddpm_num_steps: int = option(1000, "steps of the noise schedule (T)", MODEL, valid=AT_LEAST_1)
+    ddpm_beta_schedule: str = option("linear", "beta schedule", MODEL, choices=BETA_SCHEDULES)
+    prediction_type: str = option("epsilon", "what the network predicts", MODEL, choices=PREDICTION_TYPES)
+    snr_gamma: float | None = option(
+        None,
+        "Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice); unset: plain MSE",
+        MODEL,
+        valid=FINITE_POSITIVE,
+    )
+    cond_drop_prob: float = option(0.1, "probability of the null class (or null cluster)", MODEL, valid=BELOW_1)
+    autoguidance_scale: float = option(
+        1.0,
+        "autoguidance weight (Karras et al., 2024) saved as the pipeline's default; a value other than 1 keeps "
+        "the EMA weights from early in training as the guide model (1: no guide)",
+        MODEL,
+        valid=FINITE_NON_NEGATIVE,
+        unconditional_only=True,
+    )
+    autoguidance_guide_fraction: float = option(
+        0.25,
+        "the guide is the EMA weights after this fraction of the optimizer steps",
+        MODEL,
+        valid=Range(lambda v: 0 < v < 1, "between 0 and 1"),
+        unconditional_only=True,
+    )
+    self_guidance_clusters: int = option(
+        0,
+        "self-guidance (Hu et al., 2023): condition on K k-means clusters of the training images, no labels "
+        "needed, and sample with classifier-free guidance over them (0: off; it needs the in-memory data path, "
+        "so pass 0 with --streaming)",
+        MODEL,
+        valid=Range(lambda v: v == 0 or v >= 2, "0 (off) or at least 2"),
+        unconditional_only=True,
+    )
+    self_guidance_scale: float = option(
+        3.0,
+        "self-guidance weight saved as the pipeline's default",
+        MODEL,
+        valid=FINITE_NON_NEGATIVE,
+        unconditional_only=True,
+    )
     # optimisation
-    train_batch_size: int = 64
-    num_epochs: int | None = None
-    max_train_steps: int | None = None
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "cosine"
-    lr_warmup_steps: int = 500
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-6
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    use_ema: bool = True
-    ema_inv_gamma: float = 1.0
-    ema_power: float = 3 / 4
-    ema_max_decay: float = 0.9999
-    mixed_precision: str = "no"
-    compile: bool = False
-    compile_mode: str = "default"
-    channels_last: bool = False
-    cudnn_benchmark: bool = True
-    attention: str = "auto"
-    num_cpu_threads: int | None = None
-    seed: int = 0
+    train_batch_size: int = option(64, "images per process and micro-batch", OPTIMISATION, valid=AT_LEAST_1)
+    num_epochs: int | None = option(
+        None, "train this many epochs (replaces the preset's step count)", OPTIMISATION, valid=AT_LEAST_1
+    )
+    max_train_steps: int | None = option(
+        None, "optimizer steps (wins over --num_epochs)", OPTIMISATION, valid=AT_LEAST_1
+    )
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step", OPTIMISATION, valid=AT_LEAST_1)
+    learning_rate: float = option(1e-4, "AdamW learning rate", OPTIMISATION, valid=FINITE_POSITIVE)
+    lr_scheduler: str = option("cosine", "learning-rate schedule", OPTIMISATION, choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = option(500, "learning-rate warm-up steps", OPTIMISATION, valid=NON_NEGATIVE)
+    adam_beta1: float = option(0.9, "AdamW beta1", OPTIMISATION, valid=BELOW_1)
+    adam_beta2: float = option(0.999, "AdamW beta2", OPTIMISATION, valid=BELOW_1)
+    adam_weight_decay: float = option(1e-6, "AdamW weight decay", OPTIMISATION, valid=NON_NEGATIVE)
+    adam_epsilon: float = option(1e-8, "AdamW epsilon", OPTIMISATION, valid=NON_NEGATIVE)
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this", OPTIMISATION, valid=FINITE_POSITIVE)
+    use_ema: bool = option(True, "keep an EMA of the weights; the EMA is what gets published", OPTIMISATION)
+    ema_inv_gamma: float = option(
+        1.0, "EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power", OPTIMISATION, valid=FINITE_POSITIVE
+    )
+    ema_power: float = option(3 / 4, "EMA warm-up power", OPTIMISATION, valid=FINITE_POSITIVE)
+    ema_max_decay: float = option(0.9999, "the EMA decay after warm-up", OPTIMISATION)
+    mixed_precision: str = option("no", "autocast precision", OPTIMISATION, choices=MIXED_PRECISION)
+    compile: bool = option(False, "torch.compile the UNet", OPTIMISATION)
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode with --compile; 'reduce-overhead' replays CUDA graphs, which removes the "
+        "kernel-launch cost that bounds small batches on a GPU",
+        OPTIMISATION,
+        choices=COMPILE_MODES,
+    )
+    channels_last: bool = option(False, "channels_last memory format", OPTIMISATION)
+    cudnn_benchmark: bool = option(
+        True,
+        "on a GPU, let cuDNN time its convolution algorithms for the step's fixed shapes on first use and keep "
+        "the fastest (as EDM's --bench; --no-cudnn_benchmark uses cuDNN's heuristic choice)",
+        OPTIMISATION,
+    )
+    attention: str = option(
+        "auto",
+        "attention kernel: PyTorch's fused scaled_dot_product_attention ('sdpa'), diffusers' classic "
+        "baddbmm + softmax + bmm processor ('classic'), or 'auto': per layer, classic on CPU for small score "
+        "matrices, sdpa everywhere else",
+        OPTIMISATION,
+        choices=ATTENTION_KERNELS,
+    )
+    num_cpu_threads: int | None = option(
+        None,
+        "torch threads per process on CPU (unset: the cores divided among the processes; a plain "
+        "`accelerate launch` on a machine without GPUs would otherwise leave one thread)",
+        OPTIMISATION,
+        valid=AT_LEAST_1,
+    )
+    seed: int = option(
+        0,
+        "seed of all randomness",
+        OPTIMISATION,
+        valid=Range(lambda v: 0 <= v <= MAX_SEED, f"between 0 and {MAX_SEED}"),
+    )
     # outputs, checkpoints, logging
-    output_dir: str | None = None
-    overwrite_output_dir: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
-    save_images_steps: int = 500
-    save_images_epochs: int | None = None
-    num_sample_images: int = 20
-    sample_scheduler: str = "dpmsolver"
-    ddpm_num_inference_steps: int = 50
-    logging_steps: int = 10
-    logger: str = "tensorboard"
-    logging_dir: str = "logs"
+    output_dir: str | None = option(None, "the run's folder: checkpoints, logs and the pipeline", OUTPUTS)
+    overwrite_output_dir: bool = option(
+        False, "train into an --output_dir that already holds a run or other files", OUTPUTS
+    )
+    checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps", OUTPUTS, valid=AT_LEAST_1)
+    checkpoints_total_limit: int | None = option(2, "keep at most N checkpoints", OUTPUTS, valid=AT_LEAST_1)
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", OUTPUTS)
+    save_images_steps: int = option(500, "save a sample grid every N steps", OUTPUTS, valid=AT_LEAST_1)
+    save_images_epochs: int | None = option(
+        None, "save a sample grid every N epochs instead of every --save_images_steps", OUTPUTS, valid=AT_LEAST_1
+    )
+    num_sample_images: int = option(
+        20, "images in each sample grid", OUTPUTS, valid=AT_LEAST_1, aliases=("--eval_batch_size",)
+    )
+    sample_scheduler: str = option("dpmsolver", "sampler for the sample grids", OUTPUTS, choices=SAMPLE_SCHEDULERS)
+    ddpm_num_inference_steps: int = option(50, "steps for the sample grids", OUTPUTS, valid=AT_LEAST_1)
+    logging_steps: int = option(10, "read the loss (a host sync) every N steps", OUTPUTS, valid=AT_LEAST_1)
+    logger: str = option("tensorboard", "experiment tracker", OUTPUTS, choices=LOGGERS)
+    logging_dir: str = option("logs", "the tracker's folder inside --output_dir", OUTPUTS)
     # hub
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private_repo: bool = False
-    hub_token: str | None = field(default=None, repr=False)
-    debug: bool = False
+    push_to_hub: bool = option(False, "push the final pipeline folder to the Hub", HUB)
+    hub_model_id: str | None = option(None, "the Hub repo to push to (unset: --output_dir's folder name)", HUB)
+    hub_private_repo: bool = option(False, "create the Hub repo as private", HUB)
+    hub_token: str | None = option(None, "a Hub token with write access (prefer HF_TOKEN)", HUB, secret=True)
 
     def public_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict without secrets (for run records and logs)."""
         values = dataclasses.asdict(self)
-        values.pop("hub_token")
+        for spec in dataclasses.fields(self):
+            if spec.metadata["secret"]:
+                values.pop(spec.name)
         return values
 
 
-def _bool_flag(parser: argparse.ArgumentParser, name: str, help: str) -> None:
-    parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=help)
+def options() -> Iterator[dataclasses.Field]:
+    """The fields of `TrainingConfig`, each one command-line option."""
+    return iter(dataclasses.fields(TrainingConfig))
 
 
-def build_parser(conditional: bool) -> argparse.ArgumentParser:
-    """The options of diffusers' `train_unconditional.py`, plus `--preset` and ddpm-zoo's own."""
-    kind = "class-conditional" if conditional else "unconditional"
-    parser = argparse.ArgumentParser(
-        description=f"Train an {kind} DDPM with Accelerate.",
-        epilog="Options left out take the --preset's defaults (its network, schedule, data, precision, loss and "
-        "guidance); a default in parentheses above applies where the preset sets none.",
-        argument_default=None,
-    )
-    add = parser.add_argument
-    default_preset = CONDITIONAL_PRESET if conditional else UNCONDITIONAL_PRESET
-    add("--preset", default=default_preset, help=f"recipe: {', '.join(PRESETS)} (default {default_preset})")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, or mnist-5k for the embedded digits")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--train_data_dir", help="local image folder, or parquet/arrow files")
-    data.add_argument("--image_column")
-    data.add_argument("--label_column")
-    data.add_argument("--cache_dir")
-    data.add_argument("--resolution", type=int)
-    data.add_argument(
-        "--center_crop",
-        action="store_true",
-        default=None,
-        help="accepted as in diffusers' example; images are always resized (shorter side) and centre-cropped",
-    )
-    for name, text in (
-        ("random_flip", "randomly flip images horizontally"),
-        ("colorize", "tint grayscale digits with seeded palette colors"),
-        ("convert_channels", "convert images to the model's channel count instead of failing"),
-        ("skip_bad_images", "skip unreadable images (counted) instead of failing"),
-        ("streaming", "decode per batch in DataLoader workers instead of holding the data in memory"),
-    ):
-        _bool_flag(data, name, text)
-    data.add_argument("--dataloader_num_workers", type=int)
-    model = parser.add_argument_group("model and noise schedule")
-    model.add_argument("--model_config_name_or_path", help="a UNet2DModel config.json (file or folder)")
-    model.add_argument("--ddpm_num_steps", type=int)
-    model.add_argument("--ddpm_beta_schedule", choices=BETA_SCHEDULES)
-    model.add_argument("--prediction_type", choices=PREDICTION_TYPES)
-    model.add_argument(
-        "--snr_gamma",
-        type=float,
-        help="Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice, and the digit presets'); "
-        "otherwise plain MSE",
-    )
-    model.add_argument(
-        "--cond_drop_prob", type=float, help="probability of the null class (or null cluster) (default 0.1)"
-    )
-    if not conditional:
-        model.add_argument(
-            "--autoguidance_scale",
-            type=float,
-            help="autoguidance weight (Karras et al., 2024) saved as the pipeline's default; a value other than "
-            "1 keeps the EMA weights from early in training as the guide model (default 1: no guide)",
-        )
-        model.add_argument(
-            "--autoguidance_guide_fraction",
-            type=float,
-            help="the guide is the EMA weights after this fraction of the optimizer steps (default 0.25)",
-        )
-        model.add_argument(
-            "--self_guidance_clusters",
-            type=int,
-            help="self-guidance (Hu et al., 2023): condition on K k-means clusters of the training images, no "
-            "labels needed, and sample with classifier-free guidance over them (mnist-tiny: 50; else 0: off; "
-            "it needs the in-memory data path, so pass 0 with --streaming)",
-        )
-        model.add_argument(
-            "--self_guidance_scale", type=float, help="self-guidance weight saved as the pipeline's default (3.0)"
-        )
-    optim = parser.add_argument_group("optimisation")
-    for name, kind_ in (
-        ("train_batch_size", int),
-        ("num_epochs", int),
-        ("max_train_steps", int),
-        ("gradient_accumulation_steps", int),
-        ("learning_rate", float),
-        ("lr_warmup_steps", int),
-        ("adam_beta1", float),
-        ("adam_beta2", float),
-        ("adam_weight_decay", float),
-        ("adam_epsilon", float),
-        ("max_grad_norm", float),
-        ("ema_inv_gamma", float),
-        ("ema_power", float),
-        ("ema_max_decay", float),
-        ("seed", int),
-    ):
-        optim.add_argument(f"--{name}", type=kind_)
-    optim.add_argument("--lr_scheduler", choices=LR_SCHEDULERS)
-    optim.add_argument("--mixed_precision", choices=MIXED_PRECISION)
-    _bool_flag(optim, "use_ema", "keep an EMA of the weights; the EMA is what gets published")
-    _bool_flag(optim, "compile", "torch.compile the UNet")
-    optim.add_argument(
-        "--compile_mode",
-        choices=COMPILE_MODES,
-        help="torch.compile mode with --compile (default 'default'); 'reduce-overhead' replays CUDA graphs, "
-        "which removes the kernel-launch cost that bounds small batches on a GPU",
-    )
-    _bool_flag(optim, "channels_last", "channels_last memory format")
-    _bool_flag(
-        optim,
-        "cudnn_benchmark",
-        "on a GPU, let cuDNN time its convolution algorithms for the step's fixed shapes on first use and keep "
-        "the fastest (default on, as EDM's --bench; --no-cudnn_benchmark uses cuDNN's heuristic choice)",
-    )
-    optim.add_argument(
-        "--attention",
-        choices=ATTENTION_KERNELS,
-        help="attention kernel: PyTorch's fused scaled_dot_product_attention ('sdpa'), diffusers' classic "
-        "baddbmm + softmax + bmm processor ('classic'), or 'auto' (default): per layer, classic on CPU where "
-        "heads x tokens^2 <= 131072 (the fused kernel's backward is slow there), sdpa everywhere else",
-    )
-    optim.add_argument(
-        "--num_cpu_threads",
-        type=int,
-        help="torch threads per process on CPU (default: the cores divided among the processes; a plain "
-        "`accelerate launch` on a machine without GPUs would otherwise leave one thread)",
-    )
-    out = parser.add_argument_group("outputs, checkpoints and logging")
-    out.add_argument("--output_dir")
-    _bool_flag(out, "overwrite_output_dir", "train into an --output_dir that already holds a run or other files")
-    for name in ("checkpointing_steps", "checkpoints_total_limit", "save_images_steps"):
-        out.add_argument(f"--{name}", type=int)
-    out.add_argument(
-        "--save_images_epochs", type=int, help="save a sample grid every N epochs instead of every --save_images_steps"
-    )
-    out.add_argument("--save_model_epochs", type=int, help=argparse.SUPPRESS)  # refused with a hint
-    out.add_argument("--num_sample_images", "--eval_batch_size", type=int, help="images in each sample grid")
-    out.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder")
-    out.add_argument("--sample_scheduler", choices=SAMPLE_SCHEDULERS, help="sampler for the sample grids")
-    out.add_argument("--ddpm_num_inference_steps", type=int, help="steps for the sample grids")
-    out.add_argument("--logging_steps", type=int, help="read the loss (a host sync) every N steps")
-    out.add_argument("--logger", choices=LOGGERS)
-    out.add_argument("--logging_dir")
-    hub = parser.add_argument_group("Hugging Face Hub")
-    _bool_flag(hub, "push_to_hub", "push the final pipeline folder to the Hub")
-    hub.add_argument("--hub_model_id", help="the Hub repo to push to (default: --output_dir's folder name)")
-    _bool_flag(hub, "hub_private_repo", "create the Hub repo as private")
-    hub.add_argument("--hub_token")
-    _bool_flag(parser, "debug", "show full tracebacks")
-    return parser
+def option_type(spec: dataclasses.Field) -> type:
+    """`int`, `float`, `str` or `bool`: the field's type without its `| None`."""
+    kinds = getattr(spec.type, "__args__", (spec.type,))
+    return next(kind for kind in kinds if kind is not type(None))
 
 
 def load_unet_config(path: str) -> dict[str, Any]:
@@ -279,32 +270,20 @@ def load_unet_config(path: str) -> dict[str, Any]:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options the user gave, with diffusers' example options mapped or refused with a hint."""
-    given = {key: value for key, value in vars(args).items() if value is not None}
-    if "save_model_epochs" in given:
-        raise UserInputError(
-            "--save_model_epochs is not supported: ddpm-zoo publishes the pipeline once, at the end, and saves "
-            "resumable checkpoints every --checkpointing_steps steps; use --checkpointing_steps"
-        )
-    if "save_images_epochs" in given and "save_images_steps" in given:
-        raise UserInputError("give --save_images_steps or --save_images_epochs, not both")
-    given.pop("center_crop", None)  # what the data path always does
-    return given
-
-
-def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfig:
-    """Preset defaults, then every option the user gave; derived values (output_dir, hub_model_id) filled in.
+def resolve_config(given: Mapping[str, Any], conditional: bool) -> TrainingConfig:
+    """Preset defaults, then every option in `given` (those the user gave; None counts as not given);
+    derived values (output_dir, hub_model_id) filled in.
 
     `--num_epochs` without `--max_train_steps` replaces the preset's step count; with both, the steps win.
     """
-    preset = get_preset(args.preset)
-    given = given_options(args)
+    given = {key: value for key, value in given.items() if value is not None}
+    preset = get_preset(given.get("preset", CONDITIONAL_PRESET if conditional else UNCONDITIONAL_PRESET))
+    check_given(given, conditional)
     values: dict[str, Any] = {**preset.training}
     if "num_epochs" in given and "max_train_steps" not in given:
         values.pop("max_train_steps", None)
     values.update(given)
-    values["conditional"] = conditional
+    values["preset"], values["conditional"] = preset.name, conditional
     if conditional:  # autoguidance and self-guidance are unconditional presets' defaults; conditional models use CFG
         values.pop("autoguidance_scale", None)
         values.pop("self_guidance_clusters", None)
@@ -318,81 +297,49 @@ def resolve_config(args: argparse.Namespace, conditional: bool) -> TrainingConfi
     return config
 
 
+def check_given(given: Mapping[str, Any], conditional: bool) -> None:
+    """Options that cannot be given together, or not for this kind of model."""
+    if "save_images_epochs" in given and "save_images_steps" in given:
+        raise UserInputError("give --save_images_steps or --save_images_epochs, not both")
+    if conditional:
+        for spec in options():
+            if spec.metadata["unconditional_only"] and spec.name in given:
+                raise UserInputError(
+                    f"--{spec.name} is for unconditional models; class-conditional ones use classifier-free guidance"
+                )
+
+
 def validate(config: TrainingConfig) -> None:
-    """Reject option values that cannot work, before any work starts."""
-    validate_counts(config)
-    validate_optimizer(config)
-    if not (math.isfinite(config.autoguidance_scale) and config.autoguidance_scale >= 0):
-        raise UserInputError(f"--autoguidance_scale must be a finite number >= 0, got {config.autoguidance_scale}")
-    if not 0 < config.autoguidance_guide_fraction < 1:
+    """Reject option values that cannot work, before any work starts: each option's own range, then the
+    rules that tie several together."""
+    for spec in options():
+        value, valid = getattr(config, spec.name), spec.metadata["valid"]
+        if valid is not None and value is not None and not valid.accepts(value):
+            raise UserInputError(f"--{spec.name} must be {valid.phrase}, got {value}")
+    if config.lr_scheduler == "polynomial" and config.learning_rate <= POLYNOMIAL_LR_END:
         raise UserInputError(
-            f"--autoguidance_guide_fraction must be between 0 and 1, got {config.autoguidance_guide_fraction}"
+            f"--lr_scheduler polynomial decays to {POLYNOMIAL_LR_END:g}: --learning_rate must be larger, "
+            f"got {config.learning_rate:g}"
         )
-    validate_self_guidance(config)
+    if config.ddpm_num_inference_steps > config.ddpm_num_steps:
+        raise UserInputError(
+            f"--ddpm_num_inference_steps {config.ddpm_num_inference_steps} is more than the "
+            f"--ddpm_num_steps {config.ddpm_num_steps} the model is trained for"
+        )
+    if config.self_guidance_clusters and config.autoguidance_scale != 1:
+        raise UserInputError(
+            "choose one guidance: --autoguidance_scale (a guide network) or --self_guidance_clusters (k-means "
+            "clusters); pass --self_guidance_clusters 0 or --autoguidance_scale 1"
+        )
+    if config.self_guidance_clusters and config.streaming:
+        raise UserInputError("--self_guidance_clusters clusters the whole dataset in memory; drop --streaming")
     if config.compile and config.compile_mode in CUDA_GRAPH_MODES and config.gradient_accumulation_steps > 1:
         raise UserInputError(
             f"--compile_mode {config.compile_mode} replays CUDA graphs, which reuse the gradient buffers of every "
             "micro-batch (PyTorch issues #96693, #169545): use --gradient_accumulation_steps 1 or --compile_mode "
             "default / max-autotune-no-cudagraphs"
         )
-    if not 0 <= config.cond_drop_prob < 1:
-        raise UserInputError(f"--cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
     if config.push_to_hub:
         check_push_target(config.hub_model_id, None)
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")
-
-
-def validate_counts(config: TrainingConfig) -> None:
-    """Counts, sizes and intervals are at least 1; the sample grids take fewer steps than the noise schedule."""
-    always = ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "save_images_steps")
-    for name in (*always, "logging_steps", "ddpm_num_steps", "ddpm_num_inference_steps", "num_sample_images"):
-        if getattr(config, name) < 1:
-            raise UserInputError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("max_train_steps", "num_epochs", "checkpoints_total_limit", "resolution", "save_images_epochs"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise UserInputError(f"--{name} must be at least 1, got {value}")
-    if config.ddpm_num_inference_steps > config.ddpm_num_steps:
-        raise UserInputError(
-            f"--ddpm_num_inference_steps {config.ddpm_num_inference_steps} is more than the "
-            f"--ddpm_num_steps {config.ddpm_num_steps} the model is trained for"
-        )
-    if not 0 <= config.seed <= MAX_SEED:
-        raise UserInputError(f"--seed must be between 0 and {MAX_SEED}, got {config.seed}")
-
-
-def validate_optimizer(config: TrainingConfig) -> None:
-    """The ranges torch's AdamW and diffusers' learning-rate schedules accept."""
-    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
-        raise UserInputError(f"--learning_rate must be a finite positive number, got {config.learning_rate}")
-    if config.lr_scheduler == "polynomial" and config.learning_rate <= POLYNOMIAL_LR_END:
-        raise UserInputError(
-            f"--lr_scheduler polynomial decays to {POLYNOMIAL_LR_END:g}: --learning_rate must be larger, "
-            f"got {config.learning_rate:g}"
-        )
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(config, name) < 1:
-            raise UserInputError(f"--{name} must be in [0, 1), got {getattr(config, name)}")
-    for name in ("adam_epsilon", "adam_weight_decay", "lr_warmup_steps"):
-        if not getattr(config, name) >= 0:
-            raise UserInputError(f"--{name} must be >= 0, got {getattr(config, name)}")
-
-
-def validate_self_guidance(config: TrainingConfig) -> None:
-    """Self-guidance needs at least 2 clusters, a finite weight, the in-memory data path, and no autoguidance."""
-    if config.self_guidance_clusters == 0:
-        return
-    if config.self_guidance_clusters < 2:
-        raise UserInputError(
-            f"--self_guidance_clusters must be 0 (off) or at least 2, got {config.self_guidance_clusters}"
-        )
-    if not (math.isfinite(config.self_guidance_scale) and config.self_guidance_scale >= 0):
-        raise UserInputError(f"--self_guidance_scale must be a finite number >= 0, got {config.self_guidance_scale}")
-    if config.autoguidance_scale != 1:
-        raise UserInputError(
-            "choose one guidance: --autoguidance_scale (a guide network) or --self_guidance_clusters (k-means "
-            "clusters); pass --self_guidance_clusters 0 or --autoguidance_scale 1"
-        )
-    if config.streaming:
-        raise UserInputError("--self_guidance_clusters clusters the whole dataset in memory; drop --streaming")

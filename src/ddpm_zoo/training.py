@@ -1,4 +1,4 @@
-"""The one Accelerate training loop that `train_unconditional.py` and `train_conditional.py` share.
+"""The one Accelerate training loop behind `ddpm-zoo train` and the two training scripts.
 
 Each optimizer step minimises the DDPM "simple" objective (Ho et al., 2020, eq. 14),
 || target - model(x_t, t[, c]) ||^2 with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4),
@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from ddpm_zoo.checkpoints import (
     unet_config_record,
 )
 from ddpm_zoo.clustering import cluster_images
-from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, build_parser, load_unet_config, resolve_config
+from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
@@ -821,32 +820,3 @@ def run_training(config: TrainingConfig) -> dict:
                 f"`ddpm-zoo push {config.output_dir} {trainer.hub_repo_id}`"
             ) from None
     return summary
-
-
-def main(argv: list[str] | None, conditional: bool) -> int:
-    """Entry point of both training scripts: one line and exit 2 for bad input."""
-    args = build_parser(conditional).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("accelerate", "diffusers", "datasets", "httpx", "httpx2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = resolve_config(args, conditional)
-        summary = run_training(config)
-    except UserInputError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingStopped as stopped:
-        print(f"error: {stopped}", file=sys.stderr)
-        return stopped.exit_code
-    except OSError as error:
-        if args.debug:
-            raise
-        kept = complete_checkpoints(Path(config.output_dir))
-        where = f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was completed"
-        print(f"error: cannot write to {config.output_dir}: {error.strerror or error}; {where}", file=sys.stderr)
-        return 1
-    steps, seconds = summary["global_step"], summary["wall_time_s"]
-    print(f"done: {steps} steps in {seconds:.0f} s; pipeline in {config.output_dir}")
-    return 0

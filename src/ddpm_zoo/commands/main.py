@@ -4,13 +4,14 @@ import argparse
 import sys
 
 from ddpm_zoo import evaluation, sampling
-from ddpm_zoo.commands import push, run_command
+from ddpm_zoo.commands import push, run_command, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-zoo", description="Train, sample, publish, evaluate and draw DDPMs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    train.add_parser(subparsers)
     sampling.add_cli_parsers(subparsers)
     push.add_parser(subparsers)
     evaluation.add_cli_parser(subparsers)

@@ -1,0 +1,150 @@
+"""`ddpm-zoo train [--conditional]` and the two training scripts: options from `TrainingConfig`'s fields.
+
+The parser, its help and its checks come from the fields of `ddpm_zoo.config.TrainingConfig`; `--help`
+shows the defaults of the chosen `--preset`, and `--print_config` prints the resolved options as JSON
+and exits without training (as EDM's `--dry-run`).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ddpm_zoo.checkpoints import complete_checkpoints
+from ddpm_zoo.commands import run_command
+from ddpm_zoo.config import TrainingConfig, option_type, options, resolve_config
+from ddpm_zoo.errors import TrainingStopped, UserInputError
+from ddpm_zoo.presets import CONDITIONAL_PRESET, UNCONDITIONAL_PRESET
+from ddpm_zoo.training import run_training
+
+USAGE = "%(prog)s [--preset PRESET] [options]"
+
+
+def shown(value: Any) -> str:
+    """An option's default as `--help` shows it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_options(parser: argparse.ArgumentParser, conditional: bool, preset: str | None, subcommand: bool) -> None:
+    """Every `TrainingConfig` field as `--NAME`, with the defaults that `preset` resolves to (for a conditional
+    model or not) in its help. The `ddpm-zoo train` subcommand has `--conditional` and all options; a training
+    script is one kind, and the conditional one lacks the unconditional-only options."""
+    defaults = resolve_config({"preset": preset}, conditional)
+    groups: dict[str | None, Any] = {None: parser}
+    for spec in options():
+        if spec.name == "conditional" or (conditional and not subcommand and spec.metadata["unconditional_only"]):
+            continue
+        meta = spec.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        default = getattr(defaults, spec.name)
+        text = " ".join(part for part in (meta["help"], default is not None and f"(default: {shown(default)})") if part)
+        names = (f"--{spec.name}", *meta["aliases"])
+        if option_type(spec) is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(*names, type=option_type(spec), choices=meta["choices"], help=text.replace("%", "%%"))
+    if subcommand:
+        parser.add_argument(
+            "--conditional",
+            action="store_true",
+            help=f"train a class-conditional model (default preset {CONDITIONAL_PRESET}) instead of an "
+            f"unconditional one (default preset {UNCONDITIONAL_PRESET})",
+        )
+    # Accepted as in diffusers' train_unconditional.py: what the data path always does, and one refused with a hint.
+    parser.add_argument(
+        "--center_crop",
+        action="store_true",
+        default=None,
+        help="accepted as in diffusers' example; images are always resized (shorter side) and centre-cropped",
+    )
+    parser.add_argument("--save_model_epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--print_config", action="store_true", help="print the resolved options as JSON and exit")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (for the chosen --preset) and exit")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    parser.set_defaults(func=train_command, prog=parser.prog, subcommand=subcommand)
+    if not subcommand:
+        parser.set_defaults(conditional=conditional)
+    parser.epilog = (
+        f"Defaults shown are those of --preset {defaults.preset}"
+        f"{' for a class-conditional model' if conditional else ''}; `--preset NAME --help` shows another preset's."
+    )
+
+
+def description(conditional: bool, subcommand: bool) -> str:
+    if subcommand:
+        return "Train a DDPM with Accelerate: unconditional, or class-conditional with --conditional."
+    return f"Train an {'class-conditional' if conditional else 'unconditional'} DDPM with Accelerate."
+
+
+def build_parser(
+    conditional: bool, preset: str | None = None, prog: str | None = None, subcommand: bool = False
+) -> argparse.ArgumentParser:
+    """The options of diffusers' `train_unconditional.py`, plus `--preset` and ddpm-zoo's own."""
+    parser = argparse.ArgumentParser(
+        prog=prog, usage=USAGE, description=description(conditional, subcommand), add_help=False
+    )
+    add_options(parser, conditional, preset, subcommand)
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `train` on the `ddpm-zoo` command line."""
+    parser = subparsers.add_parser(
+        "train",
+        usage=USAGE,
+        help="train a DDPM (as the training scripts)",
+        description=description(False, True),
+        add_help=False,
+    )
+    add_options(parser, False, None, subcommand=True)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The resolved configuration: the preset's defaults and the options given, checked."""
+    if args.save_model_epochs is not None:
+        raise UserInputError(
+            "--save_model_epochs is not supported: ddpm-zoo publishes the pipeline once, at the end, and saves "
+            "resumable checkpoints every --checkpointing_steps steps; use --checkpointing_steps"
+        )
+    given = {spec.name: getattr(args, spec.name, None) for spec in options() if spec.name != "conditional"}
+    return resolve_config(given, args.conditional)
+
+
+def parse_config(argv: list[str], conditional: bool = False) -> TrainingConfig:
+    """The configuration a training script resolves for `argv` (for tests and benchmarks)."""
+    return config_from_args(build_parser(conditional).parse_args(argv))
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Print the help or the configuration, or train; a failed write stops the run with status 1."""
+    if args.help:
+        build_parser(args.conditional, args.preset, args.prog, args.subcommand).print_help()
+        return 0
+    config = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(config.public_dict(), indent=2))
+        return 0
+    try:
+        summary = run_training(config)
+    except OSError as error:
+        if getattr(args, "debug", False):
+            raise
+        kept = complete_checkpoints(Path(config.output_dir))
+        where = f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was completed"
+        raise TrainingStopped(f"cannot write to {config.output_dir}: {error.strerror or error}; {where}", 1) from None
+    steps, seconds = summary["global_step"], summary["wall_time_s"]
+    print(f"done: {steps} steps in {seconds:.0f} s; pipeline in {config.output_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None, conditional: bool = False) -> int:
+    """Entry point of both training scripts: one line and exit 2 for bad input."""
+    args = build_parser(conditional).parse_args(argv)
+    return run_command(train_command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
