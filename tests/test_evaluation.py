@@ -26,6 +26,8 @@ from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory) -> str:
