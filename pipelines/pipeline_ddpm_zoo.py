@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Callable
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
 
@@ -59,12 +59,11 @@ class DDPMPipelineBase(DiffusionPipeline):
         self,
         batch_size: int,
         generator: torch.Generator | list[torch.Generator] | None,
-        num_inference_steps: int,
         output_type: str,
         tensor_inputs: list[str] | None,
     ) -> torch.Generator | list[torch.Generator] | None:
-        """Reject a batch size or step count below 1, a list of generators of another length than the
-        batch, an unknown output type or callback tensor; return `generator`, a list of one unwrapped."""
+        """Reject a batch size below 1, a list of generators of another length than the batch, an unknown
+        output type or callback tensor; return `generator`, a list of one unwrapped."""
         if not _is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
         if isinstance(generator, list) and len(generator) == 1:
@@ -74,8 +73,6 @@ class DDPMPipelineBase(DiffusionPipeline):
                 f"You have passed a list of generators of length {len(generator)}, but requested an effective "
                 f"batch size of {batch_size}. Make sure the batch size matches the length of the generators."
             )
-        if not _is_integer(num_inference_steps) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
         unknown = set(tensor_inputs or []) - set(self._callback_tensor_inputs)
@@ -83,12 +80,75 @@ class DDPMPipelineBase(DiffusionPipeline):
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}.")
         return generator
 
+    def resolve_num_inference_steps(self, num_inference_steps: int | None) -> int:
+        """None -> every training timestep for `DDPMScheduler` (ancestral sampling, Algorithm 2), else 50 (the
+        usual count of diffusers' DDIM pipeline), never more than the model's training timesteps T."""
+        num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        if num_inference_steps is None:
+            if isinstance(self.scheduler, DDPMScheduler):
+                return num_train_timesteps
+            return min(50, num_train_timesteps)
+        if not _is_integer(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        if num_inference_steps > num_train_timesteps:
+            raise ValueError(
+                f"`num_inference_steps` {num_inference_steps} exceeds the {num_train_timesteps} timesteps this "
+                "model was trained with."
+            )
+        return int(num_inference_steps)
+
+    def alpha_bar(self, timestep: torch.Tensor) -> torch.Tensor | None:
+        """abar_t of the training schedule at a (possibly fractional) timestep, or None for a scheduler that
+        does not carry `alphas_cumprod`. Between integer timesteps sigma_t = sqrt((1 - abar_t) / abar_t) is
+        interpolated linearly, as `EulerDiscreteScheduler` places its fractional timesteps."""
+        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        if alphas_cumprod is None:
+            return None
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
+        t = min(max(float(timestep), 0.0), len(alphas_cumprod) - 1.0)
+        low = int(math.floor(t))
+        high = min(low + 1, len(alphas_cumprod) - 1)
+        sigmas = ((1 - alphas_cumprod[[low, high]]) / alphas_cumprod[[low, high]]).sqrt()
+        sigma = sigmas[0] + (t - low) * (sigmas[1] - sigmas[0])
+        return 1 / (1 + sigma**2)
+
+    def keep_in_range(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Bound the x_0 that `model_output` implies at x_t = `sample` the way the saved scheduler config asks
+        (`thresholding`: dynamic thresholding, Saharia et al., 2022, Sec. 2.3; else `clip_sample`: clipping
+        to [-r, r], DDPM's sampler), then re-express it in the model's prediction type from the same x_t.
+
+        Every scheduler then steps with an x_0 and a noise estimate that agree (DDPM eq. 4), whichever
+        scheduler was swapped in: DDIM's own clipping, for one, keeps the unclipped noise estimate, so a
+        guided x_0 outside the data range drives its update apart. An in-range x_0 is left unchanged, and a
+        config that bounds nothing (Gaussian data, `clip_sample=False`) leaves every prediction unchanged.
+        """
+        config = self.scheduler.config
+        thresholding = bool(config.get("thresholding", False))
+        if not thresholding and not config.get("clip_sample", False):
+            return model_output
+        alpha_bar = self.alpha_bar(t)
+        prediction_type = config.get("prediction_type", "epsilon")
+        if alpha_bar is None or prediction_type not in ("epsilon", "v_prediction", "sample"):
+            return model_output
+        dtype = model_output.dtype
+        x_0 = predicted_original_sample(model_output.float(), sample.float(), float(alpha_bar), prediction_type)
+        if thresholding:
+            bounded = dynamic_threshold(
+                x_0, float(config.get("dynamic_thresholding_ratio", 0.995)), float(config.get("sample_max_value", 1))
+            )
+        else:
+            limit = float(config.get("clip_sample_range", 1.0))
+            bounded = x_0.clamp(-limit, limit)
+        if torch.equal(bounded, x_0):
+            return model_output
+        return prediction_from_original_sample(bounded, sample.float(), float(alpha_bar), prediction_type).to(dtype)
+
     def run_reverse_process(
         self,
         batch_size: int,
         predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         generator: torch.Generator | list[torch.Generator] | None,
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         output_type: str,
         return_dict: bool,
         callback_on_step_end: Callable | None,
@@ -99,7 +159,7 @@ class DDPMPipelineBase(DiffusionPipeline):
         if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not 0 <= eta <= 1:
             raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        num_inference_steps = int(num_inference_steps)
+        num_inference_steps = self.resolve_num_inference_steps(num_inference_steps)
         # Timesteps first: `init_noise_sigma` of sigma-based schedulers (Euler...) depends on them.
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         latents = self.prepare_latents(batch_size, generator)
@@ -107,7 +167,8 @@ class DDPMPipelineBase(DiffusionPipeline):
 
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             # Algorithm 2, line 4: the network's prediction at x_t (sigma schedulers rescale x_t first).
-            model_output = predict(self.scheduler.scale_model_input(latents, t), t)
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self.keep_in_range(predict(model_input, t), model_input, t)
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_outputs = callback_on_step_end(self, i, t, {name: latents for name in tensor_inputs})
@@ -224,7 +285,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         self,
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["UnconditionalDDPMPipeline", int, int, dict], dict] | None = None,
@@ -238,7 +299,8 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         Args:
             batch_size (`int`, defaults to 1): number of images to generate.
             generator (`torch.Generator`, *optional*): makes generation deterministic.
-            num_inference_steps (`int`, defaults to 1000): number of denoising steps.
+            num_inference_steps (`int`, *optional*): number of denoising steps, at most the training
+                timesteps T; defaults to T with `DDPMScheduler` and to 50 with any other scheduler.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (NHWC floats in [0, 1]) or
                 `"pt"` (NCHW tensor in [0, 1]).
             return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` or a tuple.
@@ -257,9 +319,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
-        generator = self.check_common_inputs(
-            batch_size, generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
-        )
+        generator = self.check_common_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
         guidance_scale = self.resolve_guidance_scale(guidance_scale)
         if self.self_guided:
             clusters = self.draw_clusters(batch_size, generator)
@@ -377,7 +437,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         class_labels: int | str | list[int | str] | torch.Tensor = 0,
         guidance_scale: float = 3.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["ClassConditionalDDPMPipeline", int, int, dict], dict] | None = None,
@@ -404,9 +464,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         """
         labels = self.encode_class_labels(class_labels, batch_size)
         check_guidance_scale(guidance_scale)
-        generator = self.check_common_inputs(
-            len(labels), generator, num_inference_steps, output_type, callback_on_step_end_tensor_inputs
-        )
+        generator = self.check_common_inputs(len(labels), generator, output_type, callback_on_step_end_tensor_inputs)
         return self.run_reverse_process(
             len(labels),
             lambda model_input, t: self.guided_prediction(model_input, t, labels, guidance_scale),
@@ -447,6 +505,38 @@ def check_cluster_sizes(cluster_sizes: list[int], unet: UNet2DModel) -> None:
             f"{len(cluster_sizes)} clusters need a UNet with num_class_embeds = {len(cluster_sizes) + 1} "
             f"(the last is the null cluster), got {num_class_embeds}."
         )
+
+
+def predicted_original_sample(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """x_0 implied by a prediction at x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps (DDPM eq. 4; for v,
+    v = sqrt(abar) eps - sqrt(1 - abar) x_0, Salimans & Ho, 2022, Sec. 4)."""
+    if prediction_type == "epsilon":
+        return (sample - (1 - alpha_bar) ** 0.5 * model_output) / alpha_bar**0.5
+    if prediction_type == "v_prediction":
+        return alpha_bar**0.5 * sample - (1 - alpha_bar) ** 0.5 * model_output
+    return model_output
+
+
+def prediction_from_original_sample(
+    x_0: torch.Tensor, sample: torch.Tensor, alpha_bar: float, prediction_type: str
+) -> torch.Tensor:
+    """The inverse of `predicted_original_sample` at the same x_t: eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar),
+    v = (sqrt(abar) x_t - x_0) / sqrt(1 - abar)."""
+    if prediction_type == "epsilon":
+        return (sample - alpha_bar**0.5 * x_0) / (1 - alpha_bar) ** 0.5
+    if prediction_type == "v_prediction":
+        return (alpha_bar**0.5 * sample - x_0) / (1 - alpha_bar) ** 0.5
+    return x_0
+
+
+def dynamic_threshold(x_0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding (Saharia et al., 2022, Sec. 2.3): s = the `ratio` quantile of |x_0| per image,
+    kept in [1, max_value]; x_0 is clipped to [-s, s] and divided by s (max_value 1 is plain clipping)."""
+    flat = x_0.reshape(len(x_0), -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (flat.clamp(-s, s) / s).reshape(x_0.shape)
 
 
 def classifier_free_guidance(

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_unet
-from diffusers import DDPMScheduler, DiffusionPipeline, ImagePipelineOutput
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler, ImagePipelineOutput
 from PIL import Image
 
+from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.pipelines.pipeline_ddpm_zoo import predicted_original_sample, prediction_from_original_sample
 from ddpm_zoo.presets import DIGIT_NAMES
 from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
 
@@ -40,37 +42,156 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def training_config(num_train_timesteps: int = 1000, **overrides):
+    """A training scheduler config with DDPM's x_0 clip on, given explicitly as the presets give it: an
+    in-memory config hands `from_config` only the values its constructor was given."""
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, **{"clip_sample": True, **overrides}).config
+
+
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
-def test_make_scheduler_keeps_the_training_schedule(scheduler):
-    """Same betas and prediction type; the fast samplers start at t = T - 1 ("trailing"), and the multistep
-    solvers bound x_0 to [-1, 1] by thresholding where the training config clips it there."""
-    config = DDPMScheduler(
-        num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=True
-    ).config
-    made = make_scheduler(scheduler, config).config
-    assert (made.num_train_timesteps, made.beta_schedule, made.prediction_type) == (
+def test_make_scheduler_is_the_plain_from_config_swap(scheduler):
+    """Same betas, prediction type, spacing and x_0 bound as the saved config: nothing added."""
+    config = training_config(
+        500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing"
+    )
+    made = make_scheduler(scheduler, config)
+    assert type(made) is SCHEDULERS[scheduler]
+    assert dict(made.config) == dict(SCHEDULERS[scheduler].from_config(config).config)
+    assert (made.config.num_train_timesteps, made.config.beta_schedule, made.config.prediction_type) == (
         500,
         "squaredcos_cap_v2",
         "v_prediction",
     )
-    assert made.timestep_spacing == ("leading" if scheduler == "ddpm" else "trailing")
-    thresholds = scheduler in ("dpmsolver", "unipc")
-    assert made.get("thresholding", False) == thresholds
-    if thresholds:
-        assert made.sample_max_value == 1.0
-        wider = DDPMScheduler(clip_sample=True, clip_sample_range=2.0).config
-        assert not make_scheduler(scheduler, wider).config.thresholding  # it would rescale, not clip, to [-2, 2]
+    assert made.config.get("clip_sample") is True
 
 
+def test_a_scheduler_without_its_optional_dependency_is_one_line(monkeypatch):
+    def missing(*args, **kwargs):
+        raise ImportError("LMSDiscreteScheduler requires the scipy library")
+
+    monkeypatch.setattr(SCHEDULERS["lms"], "from_config", missing)
+    with pytest.raises(UserInputError, match="^scheduler 'lms' needs scipy: pip install scipy$"):
+        make_scheduler("lms", training_config())
+    with pytest.raises(UserInputError, match="unknown scheduler 'plms'; choose one of: ddpm, ddim"):
+        make_scheduler("plms", training_config())
+
+
+SWAP_STEPS = {"ddpm": 4, "heun": 2, "dpmsolver-singlestep": 4, "pndm": 4}
+
+
+@pytest.mark.parametrize("num_train_timesteps", [1000, 400])
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
-def test_every_scheduler_swaps_in_via_from_config(scheduler):
-    pipeline = unconditional(scheduler)
-    images = pipeline(batch_size=2, num_inference_steps=STEPS, generator=seeded(), output_type="np").images
-    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
-    guided = conditional(scheduler)(
-        class_labels=[1, 2], guidance_scale=2.0, num_inference_steps=STEPS, output_type="pt"
-    ).images
-    assert guided.shape == (2, 3, 8, 8) and 0 <= guided.min() and guided.max() <= 1
+def test_every_scheduler_swaps_in_via_from_config(scheduler, num_train_timesteps):
+    """Both pipelines, guided, any training length T: finite images in [0, 1] of the right shape."""
+    config = training_config(num_train_timesteps, prediction_type="v_prediction")
+    steps = SWAP_STEPS.get(scheduler, 3)
+    for pipeline, kwargs, shape in (
+        (self_guided([3, 4]), {"batch_size": 2}, (2, 1, 8, 8)),
+        (conditional(), {"class_labels": [1, "two"], "guidance_scale": 4.0}, (2, 3, 8, 8)),
+    ):
+        pipeline.scheduler = SCHEDULERS[scheduler].from_config(config)
+        images = pipeline(num_inference_steps=steps, generator=seeded(), output_type="pt", **kwargs).images
+        assert images.shape == shape and torch.isfinite(images).all()
+        assert 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("scheduler,expected_steps", [("ddpm", 400), ("ddim", 50), ("euler", 50)])
+def test_default_step_count_fits_any_training_length(scheduler, expected_steps):
+    """No `num_inference_steps`: all T timesteps for DDPM (Algorithm 2), 50 for the others; never above T."""
+    pipeline = unconditional()
+    pipeline.scheduler = SCHEDULERS[scheduler].from_config(training_config(400))
+    steps = []
+    pipeline(callback_on_step_end=lambda pipe, i, t, kwargs: steps.append(int(t)) or kwargs)
+    assert len(steps) == expected_steps
+    pipeline.scheduler = SCHEDULERS[scheduler].from_config(training_config(30))
+    steps.clear()
+    pipeline(callback_on_step_end=lambda pipe, i, t, kwargs: steps.append(int(t)) or kwargs)
+    assert len(steps) == 30
+    with pytest.raises(ValueError, match="`num_inference_steps` 31 exceeds the 30 timesteps"):
+        pipeline(num_inference_steps=31)
+
+
+PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
+
+
+def in_range_case(prediction_type: str, t: float, seed: int = 0):
+    """A pipeline, x_t and the prediction whose x_0 is `x_0` (in [-0.9, 0.9]) at timestep t."""
+    pipeline = unconditional()
+    pipeline.scheduler = DDIMScheduler.from_config(training_config(prediction_type=prediction_type))
+    generator = seeded(seed)
+    x_0 = torch.rand((2, 1, 8, 8), generator=generator) * 1.8 - 0.9
+    noise = torch.randn((2, 1, 8, 8), generator=generator)
+    alpha_bar = float(pipeline.alpha_bar(torch.tensor(t)))
+    x_t = alpha_bar**0.5 * x_0 + (1 - alpha_bar) ** 0.5 * noise
+    prediction = {
+        "epsilon": noise,
+        "sample": x_0,
+        "v_prediction": alpha_bar**0.5 * noise - (1 - alpha_bar) ** 0.5 * x_0,
+    }
+    return pipeline, x_t, x_0, prediction[prediction_type], alpha_bar
+
+
+@pytest.mark.parametrize("t", [0.0, 437.0, 980.4, 999.0])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_range_keeping_leaves_an_in_range_prediction_unchanged(prediction_type, t):
+    pipeline, x_t, x_0, prediction, alpha_bar = in_range_case(prediction_type, t)
+    assert torch.equal(pipeline.keep_in_range(prediction, x_t, torch.tensor(t)), prediction)
+    implied = predicted_original_sample(prediction, x_t, alpha_bar, prediction_type)
+    torch.testing.assert_close(implied, x_0, atol=2e-3 if t >= 980 else 1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_range_keeping_clips_x0_and_keeps_the_same_x_t(prediction_type):
+    """x_0 scaled out of range: the kept prediction implies clamp(x_0, -1, 1) at the same x_t (DDPM eq. 4)."""
+    t = 600.0
+    pipeline, x_t, x_0, _, alpha_bar = in_range_case(prediction_type, t)
+    wide = 3 * x_0
+    prediction = prediction_from_original_sample(wide, x_t, alpha_bar, prediction_type)
+    kept = pipeline.keep_in_range(prediction, x_t, torch.tensor(t))
+    implied = predicted_original_sample(kept, x_t, alpha_bar, prediction_type)
+    torch.testing.assert_close(implied, wide.clamp(-1, 1), atol=1e-5, rtol=0)
+    assert (implied.abs() <= 1 + 1e-5).all() and (wide.abs() > 1).any()
+
+
+def test_range_keeping_follows_the_saved_config():
+    """`thresholding` -> dynamic thresholding (as DDPMScheduler's own); no bound -> the prediction as it is."""
+    t = torch.tensor(600.0)
+    pipeline, x_t, x_0, _, alpha_bar = in_range_case("epsilon", 600.0)
+    prediction = prediction_from_original_sample(3 * x_0, x_t, alpha_bar, "epsilon")
+    config = training_config(thresholding=True, sample_max_value=2.0, dynamic_thresholding_ratio=0.9)
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(config)
+    implied = predicted_original_sample(pipeline.keep_in_range(prediction, x_t, t), x_t, alpha_bar, "epsilon")
+    reference = DDPMScheduler.from_config(config)._threshold_sample(3 * x_0)
+    torch.testing.assert_close(implied, reference, atol=1e-5, rtol=0)
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(training_config(clip_sample=False))
+    assert torch.equal(pipeline.keep_in_range(prediction, x_t, t), prediction)
+
+
+def test_alpha_bar_interpolates_sigma_between_timesteps():
+    """Integer timesteps give the schedule's abar_t; fractional ones the abar of Euler's interpolated sigma."""
+    pipeline = unconditional()
+    pipeline.scheduler = EulerDiscreteScheduler.from_config(training_config())
+    alphas_cumprod = pipeline.scheduler.alphas_cumprod.double()
+    assert float(pipeline.alpha_bar(torch.tensor(250))) == pytest.approx(float(alphas_cumprod[250]), rel=1e-12)
+    sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    sigma = 0.25 * sigmas[700] + 0.75 * sigmas[701]
+    assert float(pipeline.alpha_bar(torch.tensor(700.75))) == pytest.approx(float(1 / (1 + sigma**2)), rel=1e-9)
+
+
+def test_clipped_ddim_steps_with_a_consistent_noise_estimate():
+    """DDIM with `clip_sample` clips x_0 but keeps the unclipped noise estimate; after range-keeping the step
+    is the same as an unclipped DDIM step from the in-range x_0 and its own noise estimate."""
+    t = 600
+    pipeline, x_t, x_0, _, alpha_bar = in_range_case("epsilon", float(t))
+    prediction = prediction_from_original_sample(3 * x_0, x_t, alpha_bar, "epsilon")
+    clipping = DDIMScheduler.from_config(training_config())
+    unclipped = DDIMScheduler.from_config(training_config(clip_sample=False))
+    for scheduler in (clipping, unclipped):
+        scheduler.set_timesteps(50)
+    kept = pipeline.keep_in_range(prediction, x_t, torch.tensor(t))
+    consistent = unclipped.step(kept, t, x_t).prev_sample
+    torch.testing.assert_close(clipping.step(kept, t, x_t).prev_sample, consistent, atol=1e-5, rtol=0)
+    assert (clipping.step(prediction, t, x_t).prev_sample - consistent).abs().max() > 0.1
 
 
 def test_eta_reaches_ddim_only():
@@ -278,7 +399,8 @@ def test_autoguidance_extrapolates_from_the_guide_to_the_main_prediction():
     with torch.no_grad():
         for t in scheduler.timesteps:
             main, guide = pipeline.unet(latents, t).sample, pipeline.guide_unet(latents, t).sample
-            latents = scheduler.step(guide + 2.5 * (main - guide), t, latents).prev_sample
+            guided = pipeline.keep_in_range(guide + 2.5 * (main - guide), latents, t)
+            latents = scheduler.step(guided, t, latents).prev_sample
     torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))
     unguided = pipeline(
         batch_size=2, num_inference_steps=STEPS, generator=seeded(5), output_type="pt", guidance_scale=1
@@ -360,7 +482,8 @@ def test_self_guidance_is_classifier_free_guidance_towards_a_drawn_cluster():
         for t in scheduler.timesteps:
             cond = pipeline.unet(latents, t, class_labels=clusters).sample
             null = pipeline.unet(latents, t, class_labels=torch.full_like(clusters, 3)).sample
-            latents = scheduler.step(null + 2.0 * (cond - null), t, latents).prev_sample
+            guided = pipeline.keep_in_range(null + 2.0 * (cond - null), latents, t)
+            latents = scheduler.step(guided, t, latents).prev_sample
     torch.testing.assert_close(images, (latents / 2 + 0.5).clamp(0, 1))
     calls = count_calls(pipeline.unet)
     unguided = pipeline(

@@ -264,8 +264,7 @@ def test_ddim_with_eta_one_returns_the_data_distribution():
 
 def test_sigma_schedulers_start_at_their_first_timestep():
     """Euler with "leading" spacing starts below t=999: x_T must be scaled by the sigma of the first
-    timestep actually used, i.e. after `set_timesteps` (regression: drawn before, the variance was 2.6x).
-    `make_scheduler` would give Euler "trailing" spacing, so the scheduler is built here."""
+    timestep actually used, i.e. after `set_timesteps` (regression: drawn before, the variance was 2.6x)."""
 
     def leading_euler() -> EulerDiscreteScheduler:
         return EulerDiscreteScheduler.from_config(scheduler_config(), timestep_spacing="leading")

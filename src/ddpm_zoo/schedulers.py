@@ -3,45 +3,51 @@
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     SchedulerMixin,
     UniPCMultistepScheduler,
 )
 
 from ddpm_zoo.errors import UserInputError
 
-# The fast samplers get "trailing" timestep spacing explicitly, so they start at t = T - 1 (Lin et al., 2023)
-# whether the config comes from a fresh scheduler or from a saved DDPM config with "leading" spacing.
-FAST = {"timestep_spacing": "trailing"}
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "ddpm": (DDPMScheduler, {}),
-    "ddim": (DDIMScheduler, FAST),
-    "dpmsolver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **FAST}),
-    "euler": (EulerDiscreteScheduler, FAST),
-    "unipc": (UniPCMultistepScheduler, FAST),
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpmsolver": DPMSolverMultistepScheduler,
+    "dpmsolver-sde": DPMSolverSDEScheduler,
+    "dpmsolver-singlestep": DPMSolverSinglestepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "deis": DEISMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-ancestral": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+    "pndm": PNDMScheduler,
 }
 
 
 def make_scheduler(name: str, config) -> SchedulerMixin:
-    """Build scheduler `name` from a training scheduler's config (same betas, prediction type).
-
-    Where the training config clips the predicted x_0 to [-1, 1] (DDPM's `clip_sample`), the multistep
-    solvers get the same bound through their `thresholding` (Saharia et al., 2022): without it their
-    x_0 estimate at t near T, divided by sqrt(abar_T) ~ 0.006, saturates pixel-space samples. With
-    `sample_max_value` 1 dynamic thresholding is exactly that clip; for another range it would rescale
-    x_0 into [-1, 1] instead of clipping it, so such configs keep the solvers' own unbounded update.
-    """
+    """Build scheduler `name` the plain diffusers way, `SchedulerClass.from_config(config)`: it inherits the
+    training schedule, prediction type, timestep spacing and x_0 bound that the saved config carries."""
     try:
-        scheduler_class, overrides = SCHEDULERS[name]
+        scheduler_class = SCHEDULERS[name]
     except KeyError:
         raise UserInputError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}") from None
-    clips_to_unit_range = config.get("clip_sample", False) and config.get("clip_sample_range", 1.0) == 1
-    if name in ("dpmsolver", "unipc") and clips_to_unit_range:
-        overrides = {**overrides, "thresholding": True, "sample_max_value": 1.0}
-    return scheduler_class.from_config(config, **overrides)
+    try:
+        return scheduler_class.from_config(config)
+    except ImportError as error:  # diffusers' stand-in for a scheduler whose optional dependency is missing
+        needs = "torchsde" if name == "dpmsolver-sde" else "scipy"
+        raise UserInputError(f"scheduler {name!r} needs {needs}: pip install {needs}") from error
 
 
 def scheduler_name(scheduler: SchedulerMixin) -> str | None:
     """The `make_scheduler` name of a scheduler instance ('ddpm', 'ddim', ...); None for other classes."""
-    return next((name for name, (cls, _) in SCHEDULERS.items() if type(scheduler) is cls), None)
+    return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), None)
