@@ -3,18 +3,17 @@
 import argparse
 import sys
 
-from ddpm_zoo import evaluation, sampling
-from ddpm_zoo.commands import push, run_command, train
+from ddpm_zoo.commands import evaluate, push, run_command, sample, train, visualize
+
+COMMANDS = (train, sample, visualize, evaluate, push)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm-zoo", description="Train, sample, publish, evaluate and draw DDPMs.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    train.add_parser(subparsers)
-    sampling.add_cli_parsers(subparsers)
-    push.add_parser(subparsers)
-    evaluation.add_cli_parser(subparsers)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
     return parser
 
 
