@@ -116,10 +116,8 @@ def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
         raise UserInputError(f"invalid UNet2DModel config: {error}") from None
 
 
-# Largest attention score matrix per image (heads x tokens^2) for which the classic kernel beats SDPA on CPU:
-# one attention layer's bf16 forward + backward on 2 threads (benchmarks/attention_kernels.py) took 0.23-0.77x
-# SDPA's time up to 65,536 scores (49-256 tokens, 1-8 heads) and 0.93-1.78x from 524,288 (256 tokens with
-# 8-32 heads; cifar10-ddpm has 32).
+# Largest attention score matrix per image (heads x tokens^2) for which 'auto' takes the classic kernel on CPU;
+# benchmarks/attention_kernels.py measures both kernels on either side of it.
 CLASSIC_ATTENTION_MAX_SCORES = 2**17
 
 
@@ -139,10 +137,9 @@ def attention_layers(unet: UNet2DModel) -> Iterator[tuple[Attention, int]]:
 def select_attention(unet: UNet2DModel, kernel: str, device: torch.device) -> str:
     """Give every attention layer the chosen kernel and say which were used ('classic', 'sdpa' or both).
 
-    Same math either way, softmax(Q K^T / sqrt(d)) V. 'auto' takes SDPA except on CPU for small score
-    matrices: there PyTorch's fused SDPA backward took 2.6 s of a 10.7 s bf16 profile of a 1.7 M-parameter
-    32 px UNet (six attention layers over 64 tokens), while diffusers' `AttnProcessor` computes the same
-    with baddbmm + softmax + bmm, whose backward is plain matmuls.
+    Same math either way, softmax(Q K^T / sqrt(d)) V (Vaswani et al., 2017, eq. 1). 'auto' takes SDPA except
+    on CPU for small score matrices, where PyTorch's fused SDPA backward is slow and diffusers' `AttnProcessor`
+    computes the same with baddbmm + softmax + bmm, whose backward is plain matmuls.
     """
     used = set()
     for module, tokens in attention_layers(unet):
@@ -227,8 +224,8 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
 def build_optimizer(
     parameters: Iterable[torch.nn.Parameter], config: TrainingConfig, device: torch.device
 ) -> torch.optim.AdamW:
-    """AdamW with the options' hyper-parameters; fused into one kernel on CUDA and CPU, where the
-    per-parameter loop of small ops took 17.5 ms per step of the 1.7 M-param UNet against 4.3 ms fused."""
+    """AdamW (Loshchilov & Hutter, 2019, Algorithm 2) with the options' hyper-parameters, fused into one kernel
+    on CUDA and CPU instead of a loop of small ops per parameter."""
     return torch.optim.AdamW(
         parameters,
         lr=config.learning_rate,
