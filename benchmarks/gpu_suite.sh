@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GPU rows, on a machine with one CUDA GPU. Name the parts to run, in order (default: all):
+# GPU measurements (docs/results.md) on a machine with one CUDA GPU. Name the parts to run, in order (default: all):
 #   smoke      a short bf16 training run of the real script (self-guided mnist-tiny), then sampling from it;
 #   profile    where cifar10-ddpm's bf16 step spends its time at batch 1024 (benchmarks/profile_step.py): compiled
 #              with --channels_last, the same with --no-cudnn_benchmark, compiled in NCHW;
@@ -10,8 +10,8 @@
 #   small      mnist-tiny and colored-mnist bf16, default flags;
 #   sampling   images/s per scheduler;
 #   fp32       cifar10-ddpm without mixed precision, default flags.
-# Every step has its own time limit; one device call (10 minutes at most) fits about "smoke profile", and
-# "autotune" (minutes of autotuning) wants a call of its own.
+# Every step has its own time limit; "smoke profile" takes about 10 minutes, and "autotune" (minutes of
+# autotuning) about 7 on its own.
 # Each part's JSON lands in benchmarks/results/ (suffix -gpu) and its log in $LOGS (default /tmp/gpu-suite);
 # with ARCHIVE=path.tar.gz both are archived there after every step, so a cut-off run keeps what it measured
 # (the profile's gzipped Chrome trace is copied beside the archive instead).
@@ -58,7 +58,7 @@ profile() {  # the first compile is cold; the second reuses Inductor's cache (sa
     step profile-nchw 240 python3 benchmarks/profile_step.py --preset cifar10-ddpm --precision bf16 \
         --batch 1024 --ours_flags="--compile" --output profile_step-cifar10-bf16-b1024-compile-nchw-gpu.json
     gzip -f "$LOGS"/trace-*.json 2>/dev/null
-    if [ -n "${ARCHIVE:-}" ]; then  # beside the archive, where it fits the device tool's 16 MiB per file
+    if [ -n "${ARCHIVE:-}" ]; then  # traces under 15 MiB go beside the archive
         find "$LOGS" -maxdepth 1 -name 'trace-*.json.gz' -size -15M -exec cp {} "$(dirname "$ARCHIVE")" \;
     fi
 }
