@@ -107,8 +107,11 @@ def test_reverse_frames_are_x_t_ending_with_the_sample():
 
 def test_reverse_frames_of_sigma_schedulers_are_rescaled_to_x_t():
     """Euler keeps x_t / sqrt(abar_t) = x_0 + sigma_t eps: each frame must be that times sqrt(abar_t) at the
-    timestep t it belongs to (DDPM eq. 4), and the last frame the sample itself."""
-    pipeline = unconditional("euler")
+    timestep t it belongs to (DDPM eq. 4), and the last frame the sample itself. Trailing spacing keeps the
+    timesteps integers, so abar_t is read from the table without interpolation."""
+    pipeline = unconditional()
+    config = DDPMScheduler(num_train_timesteps=1000, timestep_spacing="trailing").config
+    pipeline.scheduler = make_scheduler("euler", config)
     steps, timesteps, frames = reverse_process_frames(pipeline, 4, 8, torch.Generator().manual_seed(0), batch_size=4)
     raw = []
 

@@ -1,4 +1,5 @@
-"""Pictures of the diffusion process: sample grids, forward-process strips, reverse-process grids and GIFs.
+"""Pictures of the diffusion process: sample grids, forward-process strips (and the real images they start
+from), reverse-process grids and GIFs.
 
 Images travel as tensors in model space ([-1, 1], NCHW) until they become PIL images; small images are
 enlarged with nearest-neighbour resampling so that every pixel stays a visible square.
@@ -12,12 +13,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ddpm_zoo import data
 from ddpm_zoo.introspection import has_named_classes
 from ddpm_zoo.presets import DIGIT_NAMES
 
 TEXT_COLOR = (235, 235, 235)
 TARGET_TILE_PX = 84  # upscale small images to about this size
-EMBEDDED_DIGITS = "mnist-5k"  # = ddpm_zoo.data.EMBEDDED_MNIST; data is imported lazily (datasets is slow)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F", "P")
 # The forward strip's columns as shares of the schedule: t = 0, 50, 100, 200, 300, 400, 600, 800, 999 for T = 1000.
 FORWARD_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
@@ -204,9 +205,7 @@ def forward_images(
 ) -> tuple[torch.Tensor, list[str] | None]:
     """`num_images` real images in model space ([-1, 1], NCHW) and their class names: one per class
     where the data has labels. Grayscale data is tinted like colored-mnist for a 3-channel model."""
-    from ddpm_zoo import data  # imported here: `datasets` is slow to import and only the forward strip needs it
-
-    if train_data_dir is None and (dataset_name or EMBEDDED_DIGITS) == EMBEDDED_DIGITS:
+    if train_data_dir is None and (dataset_name or data.EMBEDDED_MNIST) == data.EMBEDDED_MNIST:
         arrays, digit_labels = data.load_mnist_5k_arrays()
         indices = first_of_each_class(digit_labels.tolist(), num_images)
         pixels = [

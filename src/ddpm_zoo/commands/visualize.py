@@ -9,13 +9,13 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from ddpm_zoo.commands.sample import add_model_options, check_sampling_options, parse_class_labels, sample_images
+from ddpm_zoo.data import EMBEDDED_MNIST
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.generation import check_guidance, check_positive, check_step_count, default_steps, image_labels
 from ddpm_zoo.introspection import num_train_timesteps, supports_step_callback
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.outputs import check_image_suffix, check_output_file, writing
 from ddpm_zoo.visualize import (
-    EMBEDDED_DIGITS,
     default_forward_timesteps,
     forward_images,
     forward_strip,
@@ -151,7 +151,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset_name",
         default=None,
-        help=f"forward: Hub dataset or {EMBEDDED_DIGITS} (the default, embedded digits)",
+        help=f"forward: Hub dataset or {EMBEDDED_MNIST} (the default, embedded digits)",
     )
     parser.add_argument("--train_data_dir", default=None, help="forward: a local image folder instead")
     parser.add_argument("--image_column", default=None, help="forward: the dataset's image column")
