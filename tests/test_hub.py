@@ -110,9 +110,11 @@ def run_python(code: str, env: dict, cwd: Path, *args: str) -> subprocess.Comple
 
 
 def card_snippet(card: str) -> str:
-    """The card's "How to use" code, with few denoising steps so it runs in seconds."""
+    """The card's "How to use" code, with few denoising steps so it runs in seconds (the calls that leave the
+    count to the pipeline get one too)."""
     code = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
-    return re.sub(r"num_inference_steps=\d+", "num_inference_steps=2", code)
+    code = re.sub(r"num_inference_steps=\d+", "num_inference_steps=2", code)
+    return re.sub(r"\bpipe\((?![^\n]*num_inference_steps)", "pipe(num_inference_steps=2, ", code)
 
 
 def run_card_snippet(server: HubServer, card: str, tmp_path: Path, token: str | None = None) -> str:

@@ -1,18 +1,15 @@
 """Model cards: Hub metadata that round-trips through YAML, and a body with the sections the Hub page needs."""
 
 import dataclasses
-import json
 import re
 from importlib import resources
 
 import pytest
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.utils import get_session
 
-from ddpm_zoo.cards import GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
+from ddpm_zoo.cards import BASE_CARD_TEMPLATE, GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
 from ddpm_zoo.presets import PRESETS
-from ddpm_zoo.schedulers import make_scheduler
 
 pytest_plugins = ["hub_server"]
 
@@ -71,22 +68,8 @@ def test_conditional_card_is_tagged_and_shows_class_labels_and_guidance():
     assert 'DiffusionPipeline.from_pretrained("tester/colored-digits", trust_remote_code=True)' in snippet
     assert "class_labels=[0, 1, 2], guidance_scale=3.0" in snippet
     assert 'class_labels=["nine", "zero"]' in snippet
-    # the sampler `ddpm-zoo evaluate` reports, make_scheduler("dpmsolver", ...), written out for plain diffusers
-    swap = {
-        "algorithm_type": "dpmsolver++",
-        "timestep_spacing": "trailing",
-        "thresholding": True,
-        "sample_max_value": 1.0,
-    }
-    assert ", ".join(f"{key}={json.dumps(value)}" for key, value in swap.items()).replace("true", "True") in snippet
-    config = DDPMScheduler(**PRESETS["colored-mnist"].scheduler).config
-
-    def public(scheduler) -> dict:
-        return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
-
-    assert public(DPMSolverMultistepScheduler.from_config(config, **swap)) == public(
-        make_scheduler("dpmsolver", config)
-    )
+    for scheduler in ("DPMSolverMultistepScheduler", "DDIMScheduler"):  # the plain swap, nothing added
+        assert f"pipe.scheduler = {scheduler}.from_config(pipe.scheduler.config)\n" in snippet
     assert "zero, one, two, three" in card.text
 
 
@@ -156,7 +139,10 @@ def test_unknown_data_is_not_claimed_and_has_unknown_license():
 
 def test_every_preset_has_a_template_shipped_as_package_data():
     shipped = {p.name for p in resources.files("ddpm_zoo.model_cards").iterdir() if p.name.endswith(".md")}
-    assert shipped == {preset.card_template for preset in PRESETS.values()} | {GENERIC_CARD_TEMPLATE}
+    templates = {preset.card_template for preset in PRESETS.values()} | {GENERIC_CARD_TEMPLATE}
+    assert shipped == templates | {BASE_CARD_TEMPLATE}
+    for name in templates:  # each one a description block on the one base
+        assert resources.files("ddpm_zoo.model_cards").joinpath(name).read_text().startswith('{% extends "base.md" %}')
     assert card_template(dataclasses.replace(SUMMARY, preset="no-such-preset")) == GENERIC_CARD_TEMPLATE
 
 
@@ -196,3 +182,19 @@ def test_every_template_renders_a_runnable_snippet(preset, conditional):
     assert ("class_labels=" in card.text) == conditional
     assert "{{" not in card.text and "{%" not in card.text
     assert "## Training" in card.text and "## Data and license" in card.text
+
+
+@pytest.mark.parametrize("num_train_timesteps", [400, 20])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_snippets_step_counts_fit_a_model_with_fewer_timesteps(num_train_timesteps, conditional):
+    """The first call leaves the step count to the pipeline (every timestep, ancestral DDPM); the solvers'
+    counts never exceed the model's T."""
+    names = PRESETS["colored-mnist"].class_names if conditional else ()
+    summary = dataclasses.replace(
+        COLORED, conditional=conditional, class_names=names, num_train_timesteps=num_train_timesteps
+    )
+    snippet = python_snippet(render_model_card(summary, "tester/model"))
+    steps = [int(count) for count in re.findall(r"num_inference_steps=(\d+)", snippet)]
+    assert steps and max(steps) <= num_train_timesteps and "1000" not in snippet
+    first_call = next(line for line in snippet.splitlines() if line.startswith("images = pipe("))
+    assert "num_inference_steps" not in first_call

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -17,7 +18,12 @@ logger = logging.getLogger(__name__)
 
 CARD_TEMPLATES = "ddpm_zoo.model_cards"
 GENERIC_CARD_TEMPLATE = "generic.md"
+BASE_CARD_TEMPLATE = "base.md"
 SAMPLE_GRID = "samples/grid.png"
+SOLVER_STEPS, DDIM_STEPS = 25, 50  # the card snippet's step counts for DPM-Solver++ and DDIM, at most T
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FunctionLoader(lambda name: resources.files(CARD_TEMPLATES).joinpath(name).read_text())
+)
 
 
 @dataclass(frozen=True)
@@ -149,20 +155,26 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
     preset = PRESETS.get(summary.preset)
     _, dataset, dataset_shown = card_dataset(summary)
     names = list(summary.class_names)
+    example_labels = list(range(min(3, len(names) or 3)))
+    labels = json.dumps([names[-1], names[0]]) if len(names) > 1 else example_labels
     return {
         "model_id": repo_id or "path/to/the/pipeline/folder",
         "title": repo_id.split("/")[-1] if repo_id else f"ddpm-zoo {summary.preset}",
         "preset": summary.preset,
         "prediction_target": PREDICTION_TARGETS.get(summary.prediction_type, summary.prediction_type),
         "description": preset.description if summary.follows_preset else "A DDPM trained with ddpm-zoo.",
-        "use_ema": summary.use_ema,
+        "published_weights": "the exponential moving average of training"
+        if summary.use_ema
+        else "the final training weights (no EMA)",
         "beta_schedule": summary.beta_schedule,
         "num_train_timesteps": summary.num_train_timesteps,
         "conditional": summary.conditional,
         "pipeline_class": "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline",
         "class_names": names,
-        "example_labels": list(range(min(3, len(names) or 3))),
-        "name_labels": json.dumps([names[-1], names[0]]) if len(names) > 1 else "",
+        "example_labels": example_labels,
+        "sampling_arguments": f"class_labels={labels}, guidance_scale=3.0" if summary.conditional else "batch_size=4",
+        "solver_steps": min(SOLVER_STEPS, summary.num_train_timesteps),
+        "ddim_steps": min(DDIM_STEPS, summary.num_train_timesteps),
         "sample_grid": SAMPLE_GRID,
         "autoguidance": summary.autoguidance_scale is not None,
         "autoguidance_scale": f"{summary.autoguidance_scale:g}" if summary.autoguidance_scale is not None else "",
@@ -194,7 +206,9 @@ def card_template(summary: TrainingSummary) -> str:
 def render_model_card(
     summary: TrainingSummary, repo_id: str | None = None, eval_results: list[EvalResult] | None = None
 ) -> ModelCard:
-    """The model card (README.md) for a trained pipeline: Hub metadata plus the preset's template body.
+    """The model card (README.md) for a trained pipeline: Hub metadata plus the preset's template, which
+    extends `base.md` with its description block (rendered as `ModelCard.from_template` does, with a loader
+    so that templates can extend one another).
 
     `eval_results` (huggingface_hub `EvalResult`s, e.g. FID) become the `model-index` metadata and a table.
     """
@@ -209,9 +223,9 @@ def render_model_card(
         eval_results=list(eval_results) if eval_results else None,
         model_name=model_name if eval_results else None,
     )
-    context = card_context(summary, repo_id, eval_results)
-    with resources.as_file(resources.files(CARD_TEMPLATES).joinpath(card_template(summary))) as path:
-        return ModelCard.from_template(data, template_path=str(path), **context)
+    template = TEMPLATES.get_template(card_template(summary))
+    context = {**data.to_dict(), **card_context(summary, repo_id, eval_results)}
+    return ModelCard(template.render(card_data=data.to_yaml(), **context))
 
 
 def _recorded_training(folder: Path) -> dict | None:
