@@ -114,17 +114,14 @@ def generate(
     check_step_count(pipeline, num_inference_steps)
     check_guidance(pipeline, guidance_scale)
     step_callback = supports_step_callback(pipeline)
-    bar = tqdm(
-        total=-(-num_images // batch_size) * num_inference_steps,
-        unit="step",
-        desc="sampling",
-        disable=not progress,
-        leave=False,
-    )
+    bar = tqdm(unit="step", desc="sampling", disable=not progress, leave=False)
     previous = dict(getattr(pipeline, "_progress_bar_config", {}))
     pipeline.set_progress_bar_config(**{**previous, "disable": True})  # one bar, over all batches
     batches, seconds = [], 0.0
     try:
+        pipeline.scheduler.set_timesteps(num_inference_steps)  # Heun and the like take two model calls a step
+        calls_per_batch = len(pipeline.scheduler.timesteps)
+        bar.reset(total=-(-num_images // batch_size) * calls_per_batch)
         for start in range(0, num_images, batch_size):
             stop = min(start + batch_size, num_images)
             kwargs = {
@@ -147,7 +144,7 @@ def generate(
             batches.append((images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2))
             seconds += time.perf_counter() - began
             if not step_callback:
-                bar.update(num_inference_steps)
+                bar.update(calls_per_batch)
     except ValueError as error:
         raise UserInputError(str(error)) from None
     finally:
