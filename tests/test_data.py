@@ -153,6 +153,7 @@ def test_streaming_batches_match_in_memory_batches(mnist):
         assert torch.equal(a, b) and torch.equal(la, lb)
 
 
+@pytest.mark.slow
 def test_offline_hub_dataset_fails_fast_naming_alternatives():
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
     code = "from ddpm_zoo.data import load_image_source; load_image_source('ylecun/mnist')"

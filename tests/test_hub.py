@@ -129,6 +129,7 @@ def unet_checksum(pipeline) -> float:
     return sum(p.double().sum().item() for p in pipeline.unet.parameters())
 
 
+@pytest.mark.slow
 def test_unconditional_push_then_pull_in_a_fresh_process(hub_server, tmp_path):
     folder, card = saved_folder(tmp_path, conditional=False, repo_id=f"{TEST_USER}/tiny-digits")
     commit = push_pipeline_folder(folder, "tiny-digits", token=TEST_TOKEN)
@@ -143,6 +144,7 @@ def test_unconditional_push_then_pull_in_a_fresh_process(hub_server, tmp_path):
     assert not [path for method, path in hub_server.requests if "xet" in path]
 
 
+@pytest.mark.slow
 def test_conditional_push_then_pull_with_class_labels(hub_server, tmp_path):
     folder, card = saved_folder(tmp_path, conditional=True, repo_id=f"{TEST_USER}/colored")
     push_pipeline_folder(folder, f"{TEST_USER}/colored", token=TEST_TOKEN)
@@ -153,6 +155,7 @@ def test_conditional_push_then_pull_with_class_labels(hub_server, tmp_path):
     assert run_card_snippet(hub_server, card, tmp_path) == "IMAGES 2 (8, 8)"
 
 
+@pytest.mark.slow
 def test_private_repo_is_refused_to_anonymous_clients(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=True, repo_id=f"{TEST_USER}/secret")
     push_pipeline_folder(folder, f"{TEST_USER}/secret", private=True, token=TEST_TOKEN)
@@ -192,6 +195,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_second_push_updates_the_repo_and_revision_pins_the_first(hub_server, tmp_path):
     repo_id = f"{TEST_USER}/versions"
     first_pipeline = tiny_pipeline(conditional=False)
@@ -294,6 +298,7 @@ def test_push_command_keeps_the_token_out_of_output_files_and_logs(hub_server, t
     assert not [content for content in written if TEST_TOKEN.encode() in content]
 
 
+@pytest.mark.slow
 def test_ddpm_zoo_push_command_line(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     env = hub_server.client_env(tmp_path / "cli-home", token=TEST_TOKEN, disable_xet=True)
@@ -343,6 +348,7 @@ print(type(pipe).__name__, images.shape, pipe.guide_unet, len(sizes), sum(sizes)
 )
 
 
+@pytest.mark.slow
 def test_train_push_delete_pull(hub_server, tmp_path):
     """The README's journey: train with --push_to_hub, lose the local folder, pull it back with plain diffusers.
     Two processes: the main one creates the repo before the first step and tells the other (broadcast)."""
@@ -380,6 +386,7 @@ print(sum(p.double().sum().item() for p in pipe.unet.parameters()))
 )
 
 
+@pytest.mark.slow
 def test_concurrent_pulls_of_one_repo_share_the_cache_safely(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=f"{TEST_USER}/popular")
     pipeline = tiny_pipeline(conditional=False)
@@ -443,6 +450,7 @@ def test_a_push_to_another_repo_retargets_the_card_and_keeps_its_results(hub_ser
     assert json.loads((folder / "training_summary.json").read_text())["hub_model_id"] == f"{TEST_USER}/renamed"
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_without_request_logs(hub_server, tmp_path):
     """A refused push prints only the error line: huggingface_hub 2.x logs each request through httpx2."""
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
@@ -456,6 +464,7 @@ def test_cli_errors_are_one_line_without_request_logs(hub_server, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_sampling_a_cached_repo_works_offline(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     push_pipeline_folder(folder, f"{TEST_USER}/cached", token=TEST_TOKEN)
@@ -479,6 +488,7 @@ def test_sampling_a_cached_repo_works_offline(hub_server, tmp_path):
     assert "no complete copy is in the local cache" in missing.stderr
 
 
+@pytest.mark.slow
 def test_training_checks_the_push_target_before_its_first_step(tmp_path):
     output = tmp_path / "run"
     args = tiny_training_args(output, write_tiny_unet_config(tmp_path), steps=3)

@@ -34,6 +34,7 @@ def test_weighted_loss_scales_each_image_by_its_timestep_weight():
     assert float(diffusion_loss(prediction, target, t, weights)) == pytest.approx((0.5 * 1 + 1.0 * 4 + 0.0) / 3)
 
 
+@pytest.mark.slow
 def test_training_with_snr_gamma_is_recorded_in_the_card(tmp_path):
     config = write_tiny_unet_config(tmp_path / "config")
     output = tmp_path / "run"

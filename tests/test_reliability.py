@@ -131,6 +131,7 @@ def test_a_checkpoint_records_its_unet_and_tolerates_options_added_later(tmp_pat
         checkpoints.check_resumable(tmp_path, unet, use_ema=False)
 
 
+@pytest.mark.slow
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, unet_config):
     """The first new checkpoint lands on the step of an abandoned one: that one is renamed, not overwritten."""
     output = tmp_path / "run"
@@ -150,6 +151,7 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, unet_c
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_reaches_the_same_parameters(tmp_path, unet_config):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     args = {**LONG_RUN, "checkpoints_total_limit": "100"}
@@ -172,6 +174,7 @@ def test_sigkill_then_resume_reaches_the_same_parameters(tmp_path, unet_config):
     assert_same_weights(reference / unet_weights, killed / unet_weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, unet_config, signal_number):
     output = tmp_path / "run"
@@ -187,6 +190,7 @@ def test_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, unet_config, sig
     assert not (output / "model_index.json").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_keeps_checkpoints_and_publishes_nothing(tmp_path, unet_config):
     output = tmp_path / "run"
     args = tiny_training_args(
@@ -223,6 +227,7 @@ def small_disk(path: Path, size_kib: int):
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint(tmp_path, unet_config):
     disk = tmp_path / "disk"
     with small_disk(disk, size_kib=6000) as file_limit:
@@ -251,6 +256,7 @@ def test_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint(tmp_path, une
         assert not list(output.glob(".checkpoint-*"))
 
 
+@pytest.mark.slow
 def test_non_finite_weights_after_the_last_step_are_not_published(tmp_path, unet_config):
     output = tmp_path / "run"
     args = tiny_training_args(
@@ -276,6 +282,7 @@ def strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path} holds {name}"))
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_republishes_its_losses(tmp_path, unet_config, finished_run):
     output = tmp_path / "run"
     shutil.copytree(finished_run, output)
@@ -306,6 +313,7 @@ def mismatched_resume(output: Path, unet_config: Path) -> list[str]:
         ("past the end", "is past the run's 2 steps; raise --max_train_steps or --num_epochs"),
     ],
 )
+@pytest.mark.slow
 def test_mismatched_resume_is_refused_before_anything_is_written(tmp_path, unet_config, finished_run, case, expected):
     output = tmp_path / "run"
     shutil.copytree(finished_run, output)
@@ -321,6 +329,7 @@ def test_mismatched_resume_is_refused_before_anything_is_written(tmp_path, unet_
     assert folder_digest(output) == before
 
 
+@pytest.mark.slow
 def test_many_short_train_resume_cycles(tmp_path, unet_config):
     output = tmp_path / "run"
     for steps in (2, 4, 6, 8):
@@ -410,6 +419,7 @@ def test_bad_labels_for_conditional_training(tmp_path, capsys, unet_config, make
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_output_dir_with_another_run_is_left_untouched(tmp_path, unet_config):
     output = tmp_path / "run"
     first = run_script(tiny_training_args(output, unet_config, steps=3))
@@ -439,6 +449,7 @@ def test_unreadable_input_is_not_reported_as_a_write_failure(tmp_path, capsys, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_dir_with_another_model_is_refused_unless_overwritten(tmp_path, unet_config, overwrite):
     """A folder written by save_pretrained (no ddpm-zoo run record) is not replaced silently."""
@@ -465,12 +476,14 @@ def test_output_dir_with_another_model_is_refused_unless_overwritten(tmp_path, u
     assert folder_digest(output) == before
 
 
+@pytest.mark.slow
 def test_unknown_option_value_exits_2():
     result = run_script(["--lr_scheduler", "sometimes"])
     assert result.returncode == 2
     assert "invalid choice: 'sometimes'" in result.stderr
 
 
+@pytest.mark.slow
 def test_config_dumps_never_hold_the_token(tmp_path, unet_config):
     output = tmp_path / "run"
     secret = "hf_" + "x" * 30

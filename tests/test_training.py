@@ -52,6 +52,7 @@ def unconditional_run(tmp_path_factory, unet_config):
     return output
 
 
+@pytest.mark.slow
 def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     index = json.loads((unconditional_run / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "UnconditionalDDPMPipeline"]
@@ -79,6 +80,7 @@ def test_unconditional_run_writes_a_publishable_folder(unconditional_run):
     assert "| Published weights | EMA of training |" in card and "| Noise schedule | linear betas, 1000 steps |" in card
 
 
+@pytest.mark.slow
 def test_published_weights_are_the_ema_weights(unconditional_run):
     published = load_file(unconditional_run / "unet" / "diffusion_pytorch_model.safetensors")
     ema = load_file(unconditional_run / "checkpoint-6" / "unet_ema" / "diffusion_pytorch_model.safetensors")
@@ -87,12 +89,14 @@ def test_published_weights_are_the_ema_weights(unconditional_run):
     assert any(not torch.equal(published[name], raw[name]) for name in published)
 
 
+@pytest.mark.slow
 def test_unconditional_folder_loads_with_plain_diffusers(unconditional_run):
     result = load_and_sample(unconditional_run, batch_size=3)
     assert result == {"class": "UnconditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
     assert load_and_sample(unconditional_run, batch_size=2, guidance_scale=1.0)["shape"] == [2, 8, 8, 1]
 
 
+@pytest.mark.slow
 def test_guide_is_the_ema_at_the_guide_step_and_survives_checkpoints(tmp_path, unet_config):
     output = tmp_path / "guided"
     args = tiny_training_args(
@@ -130,6 +134,7 @@ def test_guide_is_the_ema_at_the_guide_step_and_survives_checkpoints(tmp_path, u
     assert all(torch.equal(guide[name], again[name]) for name in guide)
 
 
+@pytest.mark.slow
 def test_no_guidance_when_both_are_off(tmp_path, unet_config):
     output = tmp_path / "plain"
     args = tiny_training_args(output, unet_config, steps=2, autoguidance_scale="1", self_guidance_clusters="0")
@@ -144,6 +149,7 @@ def test_no_guidance_when_both_are_off(tmp_path, unet_config):
     assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
 
 
+@pytest.mark.slow
 def test_conditional_run_respects_class_labels(tmp_path, unet_config):
     output = tmp_path / "cond"
     args = tiny_training_args(output, unet_config, steps=3, preset="mnist-tiny")
@@ -159,6 +165,7 @@ def test_conditional_run_respects_class_labels(tmp_path, unet_config):
     assert result == {"class": "ClassConditionalDDPMPipeline", "shape": [3, 8, 8, 1], "finite": True}
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_save(tmp_path, unet_config, unconditional_run):
     output = tmp_path / "ddp"
     result = launch("train_unconditional.py", tiny_training_args(output, unet_config, steps=3), num_processes=2)
@@ -171,6 +178,7 @@ def test_two_processes_train_and_save(tmp_path, unet_config, unconditional_run):
     assert load_and_sample(output, batch_size=2)["shape"] == [2, 8, 8, 1]
 
 
+@pytest.mark.slow
 def test_resume_continues_with_saved_optimizer_and_ema(tmp_path, unconditional_run, unet_config):
     output = tmp_path / "resumed"
     output.mkdir()
@@ -194,6 +202,7 @@ print(trainer.model.get_compiler_config()["triton.cudagraphs"])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, cuda_graphs", [("default", "False"), ("reduce-overhead", "True")])
 def test_compile_mode_reaches_torch_compile(tmp_path, mode, cuda_graphs):
     argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path), compile_mode=mode) + ["--compile"]
@@ -210,6 +219,7 @@ print(torch.backends.cudnn.benchmark)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, benchmark", [([], "True"), (["--no-cudnn_benchmark"], "False")])
 def test_cudnn_benchmark_is_on_unless_turned_off(tmp_path, flag, benchmark):
     argv = tiny_training_args(tmp_path / "out", write_tiny_unet_config(tmp_path)) + flag
@@ -237,6 +247,7 @@ def without_options(args: list[str], *names: str) -> list[str]:
     return [item for option, value in pairs if option[2:] not in names for item in (option, value)]
 
 
+@pytest.mark.slow
 def test_num_epochs_and_save_images_epochs_count_epochs_of_the_data(tmp_path, unet_config):
     """--num_epochs without --max_train_steps trains that many epochs (the preset's step count does not apply),
     and --save_images_epochs saves a grid after every N epochs, as in diffusers' example."""
