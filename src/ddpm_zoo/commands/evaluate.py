@@ -15,7 +15,6 @@ from ddpm_zoo.evaluation import (
     RESULTS_FILE,
     card_row,
     make_context,
-    output_path,
     results_document,
     sweep,
     update_model_card,
@@ -36,6 +35,14 @@ def parse_list(text: str, convert: Callable[[str], Any], option: str, check: Cal
     if not values or not all(check(value) for value in values):
         raise UserInputError(f"{option} takes a comma-separated list of {requirement}, got {text!r}")
     return values
+
+
+def output_path(model: str, output: str | None) -> Path:
+    """Where the JSON goes: --output (a .json file, or a folder), else next to the model."""
+    if output is not None:
+        target = Path(output)
+        return target if target.suffix == ".json" else target / RESULTS_FILE
+    return Path(model) / RESULTS_FILE if Path(model).is_dir() else Path.cwd() / RESULTS_FILE
 
 
 def load_unet_pipeline(model: str, device: str | None, trust_remote_code: bool = False) -> DiffusionPipeline:

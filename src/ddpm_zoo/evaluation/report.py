@@ -148,14 +148,6 @@ def describe_setting(row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def output_path(model: str, output: str | None) -> Path:
-    """Where the JSON goes: --output (a .json file, or a folder), else next to the model."""
-    if output is not None:
-        target = Path(output)
-        return target if target.suffix == ".json" else target / RESULTS_FILE
-    return Path(model) / RESULTS_FILE if Path(model).is_dir() else Path.cwd() / RESULTS_FILE
-
-
 def update_model_card(folder: Path, document: dict[str, Any], row: int, results_path: Path) -> None:
     """Put row `row` of the results into a trained folder's model card, but only when they went to the
     folder's own eval_results.json and have metrics for the card; a training_summary.json that cannot be
