@@ -11,10 +11,6 @@ import torch
 from diffusers import UNet2DModel
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: runs subprocesses or trains for seconds; deselect with -m 'not slow'")
-
-
 def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = None) -> UNet2DModel:
     """A ~45k-parameter UNet2DModel: two levels, attention at the lower one."""
     torch.manual_seed(0)
