@@ -63,7 +63,7 @@ def option(
     secret: bool = False,
 ) -> Any:
     """A `TrainingConfig` field that is also a command-line option `--NAME`: its default (where the preset sets
-    none), help, argparse group, choices, accepted range (checked unless the value is None), other spellings,
+    none), help, section of `--help`, choices, accepted range (checked unless the value is None), other spellings,
     and whether only unconditional models have it. A secret stays out of `public_dict`."""
     metadata = {
         "help": help,

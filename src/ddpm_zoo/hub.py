@@ -70,18 +70,13 @@ def http_status(error: HfHubHTTPError) -> int | None:
     return error.response.status_code if error.response is not None else None
 
 
-# Names that moved to cards, publish, loading and the command layer, found there on first use by callers
-# that still import them from here.
+# Names that moved to cards, publish and loading, found there on first use by callers that still import
+# them from here.
 MOVED = {
     "TrainingSummary": "ddpm_zoo.cards",
     "render_model_card": "ddpm_zoo.cards",
-    "refresh_model_card": "ddpm_zoo.cards",
     "save_pipeline_folder": "ddpm_zoo.publish",
-    "push_pipeline_folder": "ddpm_zoo.publish",
     "load_pipeline": "ddpm_zoo.loading",
-    "read_model_index": "ddpm_zoo.loading",
-    "PIPELINE_CLASSES": "ddpm_zoo.loading",
-    "add_trust_remote_code_option": "ddpm_zoo.commands",
 }
 
 

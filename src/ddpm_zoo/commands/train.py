@@ -38,14 +38,15 @@ def add_options(parser: argparse.ArgumentParser, conditional: bool, preset: str 
         if spec.name == "conditional" or (conditional and not subcommand and spec.metadata["unconditional_only"]):
             continue
         meta = spec.metadata
-        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
         default = getattr(defaults, spec.name)
         text = " ".join(part for part in (meta["help"], default is not None and f"(default: {shown(default)})") if part)
-        names = (f"--{spec.name}", *meta["aliases"])
+        names, text = (f"--{spec.name}", *meta["aliases"]), text.replace("%", "%%")
         if option_type(spec) is bool:
-            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=text)
+            groups[meta["group"]].add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            group.add_argument(*names, type=option_type(spec), choices=meta["choices"], help=text.replace("%", "%%"))
+            groups[meta["group"]].add_argument(*names, type=option_type(spec), choices=meta["choices"], help=text)
     if subcommand:
         parser.add_argument(
             "--conditional",
