@@ -16,8 +16,6 @@ when their packages and weights are present locally, and are skipped with a one-
 and the model card's entries.
 """
 
-import argparse
-
 from ddpm_zoo.evaluation.classifier import (
     DigitClassifier,
     classifier_metadata,
@@ -59,14 +57,6 @@ from ddpm_zoo.evaluation.report import (
     update_model_card,
     write_results,
 )
-
-
-def add_cli_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `evaluate` (ddpm_zoo.commands.evaluate) for the `ddpm-zoo` entry point."""
-    from ddpm_zoo.commands import evaluate  # the command imports this package; goes once the entry point imports it
-
-    evaluate.add_parser(subparsers)
-
 
 __all__ = [
     "CONFIDENCE_THRESHOLD",

@@ -1,5 +1,6 @@
 """FID/KID (torchmetrics with torch-fidelity's Inception weights) and FD-DINOv2 features (Stein et al.,
-2023): optional, used when their packages and weights are present locally."""
+2023): optional, used when their packages and weights are present locally. Those packages are imported
+where they are used, so the package runs without them."""
 
 import os
 from pathlib import Path
