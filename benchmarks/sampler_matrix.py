@@ -1,0 +1,138 @@
+"""Sample quality of trained models under every diffusers scheduler, swapped in the plain diffusers way.
+
+Each model folder is loaded as a user loads it, `DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)`, and each scheduler is built with `SchedulerClass.from_config(pipe.scheduler.config)`
+and nothing else. Every cell samples the same seeds (image i uses seed i) at the pipeline's default guidance
+and is scored by the evaluation protocol (docs/evaluation.md): recognisability, conditional accuracy for
+class-conditional models, FD in the shipped digit classifier's features, samples/s. `--guidance` adds rows at
+other weights (e.g. 0 and 1) for chosen cells, so the gain and the cost of guidance are visible.
+
+    python benchmarks/sampler_matrix.py ddpm-mnist-tiny-output --num_samples 500
+    python benchmarks/sampler_matrix.py ddpm-colored-mnist-output --cells ddim:50,dpmsolver:20 --guidance 0,1
+
+`--without_range_keeping` samples with the pipelines' x_0 bound switched off, to show what it does.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline
+
+from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
+from ddpm_zoo.training import cpu_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import matmul_gflops, write_json  # noqa: E402
+
+# (scheduler, steps): the samplers and step counts diffusers users reach for first.
+DEFAULT_CELLS = (
+    ("ddpm", 1000),
+    ("ddpm", 250),
+    ("ddpm", 100),
+    ("ddim", 50),
+    ("ddim", 25),
+    ("dpmsolver", 20),
+    ("dpmsolver", 25),
+    ("dpmsolver-sde", 20),
+    ("dpmsolver-singlestep", 20),
+    ("unipc", 20),
+    ("deis", 20),
+    ("euler", 50),
+    ("euler-ancestral", 50),
+    ("heun", 25),
+    ("lms", 50),
+    ("pndm", 50),
+)
+
+
+def parse_cells(text: str | None) -> list[tuple[str, int]]:
+    """'ddim:50,dpmsolver:20' -> [('ddim', 50), ('dpmsolver', 20)]; None -> every default cell."""
+    if not text:
+        return list(DEFAULT_CELLS)
+    cells = []
+    for item in text.split(","):
+        name, _, steps = item.strip().partition(":")
+        cells.append((name, int(steps)))
+    return cells
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a trained pipeline folder (or Hub id)")
+    parser.add_argument("--cells", help="comma list of SCHEDULER:STEPS (default: the full matrix)")
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument(
+        "--max_samples_per_step_budget",
+        type=int,
+        default=0,
+        help="cap each cell's samples so that samples x steps stays within this budget (0: no cap)",
+    )
+    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--guidance", help="comma list of extra guidance weights, sampled for --guidance_cells")
+    parser.add_argument("--guidance_cells", default="dpmsolver:20,ddim:50")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--without_range_keeping", action="store_true")
+    parser.add_argument("--output", help="JSON file name in benchmarks/results/")
+    return parser.parse_args(argv)
+
+
+def cell_samples(args: argparse.Namespace, steps: int) -> int:
+    if not args.max_samples_per_step_budget:
+        return args.num_samples
+    return max(args.batch_size // 4, min(args.num_samples, args.max_samples_per_step_budget // steps))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipeline = DiffusionPipeline.from_pretrained(args.model, trust_remote_code=True)
+    if args.without_range_keeping:
+        pipeline.keep_in_range = lambda model_output, sample, t: model_output
+    context = make_context(pipeline, digits=True, reference=None, extra=False)
+    settings = [(name, steps, None) for name, steps in parse_cells(args.cells)]
+    if args.guidance:
+        weights = [float(w) for w in args.guidance.split(",")]
+        settings += [(name, steps, w) for name, steps in parse_cells(args.guidance_cells) for w in weights]
+    gflops_before = matmul_gflops(seconds=2.0)
+    started = time.perf_counter()
+    rows = []
+    for name, steps, guidance_scale in settings:
+        row = evaluate_pipeline(
+            pipeline,
+            num_samples=cell_samples(args, steps),
+            batch_size=args.batch_size,
+            scheduler=name,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            extra=False,
+            context=context,
+            progress=False,
+        )
+        rows.append(row)
+        print(format_table([row], header=len(rows) == 1), flush=True)
+    report = {
+        "model": args.model,
+        "pipeline": type(pipeline).__name__,
+        "loaded_with": "DiffusionPipeline.from_pretrained(model, trust_remote_code=True)",
+        "scheduler_swap": "SchedulerClass.from_config(pipe.scheduler.config)",
+        "range_keeping": not args.without_range_keeping,
+        "saved_scheduler_config": dict(pipeline.scheduler.config),
+        "machine": {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "diffusers": diffusers.__version__,
+        "matmul_fp32_gflops": [gflops_before, matmul_gflops(seconds=2.0)],
+        "wall_seconds": time.perf_counter() - started,
+        "rows": rows,
+    }
+    name = args.output or f"sampler_matrix-{Path(args.model.rstrip('/')).name}.json"
+    print(f"wrote {write_json(name, json.loads(json.dumps(report, default=str)))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
