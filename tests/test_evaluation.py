@@ -583,3 +583,14 @@ def test_evaluate_defaults_work_for_a_model_trained_with_400_timesteps(tmp_path)
     with pytest.raises(UserInputError) as error:
         args.func(args)
     assert str(error.value) == "--steps 401 is more than this model's 400 training timesteps; use at most 400"
+
+
+def test_the_protocol_step_count_is_capped_at_the_training_timesteps():
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(channels=1, size=8), scheduler=DDPMScheduler(num_train_timesteps=20)
+    )
+    assert ev.protocol_steps(pipeline) == 20 and ev.protocol_steps(tiny_unconditional()) == ev.PROTOCOL_STEPS == 25
+    row = ev.evaluate_pipeline(pipeline, num_samples=2, digits=True, extra=False, progress=False)
+    assert (row["scheduler"], row["num_inference_steps"]) == ("dpmsolver", 20)
+    with pytest.raises(UserInputError, match="num_samples must be >= 2, batch_size and num_inference_steps >= 1"):
+        ev.evaluate_pipeline(pipeline, num_samples=2, num_inference_steps=0, digits=True, extra=False, progress=False)

@@ -12,6 +12,10 @@ from diffusers import DiffusionPipeline
 from ddpm_zoo.commands import add_trust_remote_code_option
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import (
+    PROTOCOL_BATCH_SIZE,
+    PROTOCOL_SAMPLES,
+    PROTOCOL_SCHEDULER,
+    PROTOCOL_STEPS,
     RESULTS_FILE,
     card_row,
     make_context,
@@ -62,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         lambda s: s in SCHEDULERS or s == "own",
         f"scheduler names ({', '.join(SCHEDULERS)}, own)",
     )
-    steps = parse_list(args.steps, int, "--steps", lambda n: n >= 1, "positive integers")
+    steps = None  # the protocol's, capped at the model's training timesteps
+    if args.steps is not None:
+        steps = parse_list(args.steps, int, "--steps", lambda n: n >= 1, "positive integers")
     guidance = (
         [None]
         if args.guidance is None
@@ -108,13 +114,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "in --scheduler, --steps and --guidance make a sweep table.",
     )
     parser.add_argument("model", help="a pipeline folder or Hub model id")
-    parser.add_argument("--num_samples", type=int, default=5000, help="samples per setting (default 5000)")
-    parser.add_argument("--batch_size", type=int, default=250)
-    parser.add_argument("--scheduler", default="dpmsolver", help=f"comma list of {', '.join(SCHEDULERS)}, or 'own'")
+    parser.add_argument(
+        "--num_samples", type=int, default=PROTOCOL_SAMPLES, help=f"samples per setting (default {PROTOCOL_SAMPLES})"
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=PROTOCOL_BATCH_SIZE,
+        help=f"images per pipeline call (default {PROTOCOL_BATCH_SIZE}); the samples do not depend on it",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=PROTOCOL_SCHEDULER,
+        help=f"comma list of {', '.join(SCHEDULERS)}, or 'own' (default {PROTOCOL_SCHEDULER})",
+    )
     parser.add_argument(
         "--steps",
-        default="25",
-        help="comma list of denoising step counts (default 25; at most the model's training timesteps)",
+        default=None,
+        help=f"comma list of denoising step counts (default {PROTOCOL_STEPS}, at most the model's training timesteps)",
     )
     parser.add_argument(
         "--guidance",

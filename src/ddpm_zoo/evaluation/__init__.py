@@ -36,7 +36,15 @@ from ddpm_zoo.evaluation.metrics import (
     frechet_distance_features,
     recognisability,
 )
-from ddpm_zoo.evaluation.protocol import evaluate_pipeline, sweep
+from ddpm_zoo.evaluation.protocol import (
+    PROTOCOL_BATCH_SIZE,
+    PROTOCOL_SAMPLES,
+    PROTOCOL_SCHEDULER,
+    PROTOCOL_STEPS,
+    evaluate_pipeline,
+    protocol_steps,
+    sweep,
+)
 from ddpm_zoo.evaluation.references import (
     EvaluationContext,
     Reference,
@@ -60,6 +68,10 @@ from ddpm_zoo.evaluation.report import (
 
 __all__ = [
     "CONFIDENCE_THRESHOLD",
+    "PROTOCOL_BATCH_SIZE",
+    "PROTOCOL_SAMPLES",
+    "PROTOCOL_SCHEDULER",
+    "PROTOCOL_STEPS",
     "RESULTS_FILE",
     "DigitClassifier",
     "EvaluationContext",
@@ -86,6 +98,7 @@ __all__ = [
     "is_digit_model",
     "load_digit_classifier",
     "make_context",
+    "protocol_steps",
     "recognisability",
     "reference_digit_statistics",
     "results_document",

@@ -26,10 +26,22 @@ from ddpm_zoo.introspection import (
     default_guidance_scale,
     is_conditional,
     num_classes,
+    num_train_timesteps,
     takes_color_labels,
     takes_guidance,
 )
 from ddpm_zoo.schedulers import make_scheduler, scheduler_name
+
+# Protocol v1 (docs/evaluation.md): N = 5,000 samples in batches of 250, DPM-Solver++ at 25 steps (at most T).
+PROTOCOL_SAMPLES = 5000
+PROTOCOL_BATCH_SIZE = 250
+PROTOCOL_SCHEDULER = "dpmsolver"
+PROTOCOL_STEPS = 25
+
+
+def protocol_steps(pipeline: DiffusionPipeline) -> int:
+    """The protocol's step count, capped at the model's training timesteps T."""
+    return min(PROTOCOL_STEPS, num_train_timesteps(pipeline))
 
 
 def balanced_labels(count: int, classes: int) -> torch.Tensor:
@@ -71,10 +83,10 @@ def extra_metrics(images: torch.Tensor, context: EvaluationContext) -> dict[str,
 
 def evaluate_pipeline(
     pipeline: DiffusionPipeline,
-    num_samples: int = 5000,
-    batch_size: int = 250,
-    scheduler: str | None = "dpmsolver",
-    num_inference_steps: int = 25,
+    num_samples: int = PROTOCOL_SAMPLES,
+    batch_size: int = PROTOCOL_BATCH_SIZE,
+    scheduler: str | None = PROTOCOL_SCHEDULER,
+    num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     seed: int = 0,
     digits: bool | None = None,
@@ -85,12 +97,15 @@ def evaluate_pipeline(
 ) -> dict[str, Any]:
     """Sample `num_samples` images under one setting and score them; returns one result row.
 
-    The defaults are protocol v1 (docs/evaluation.md): N = 5,000 in batches of 250, DPM-Solver++ 25 steps,
-    seed 0. `scheduler` is a ddpm-zoo scheduler name (None keeps the pipeline's own); `guidance_scale` None uses
-    the pipeline's default. Digit models get recognisability and FD in classifier features, plus
-    conditional accuracy (class-conditional) and color accuracy (RGB); FID/KID and FD-DINOv2 are added
-    when available and `extra` is set. Labels are balanced over the classes.
+    The defaults are protocol v1 (docs/evaluation.md): N = 5,000 in batches of 250, DPM-Solver++ 25 steps
+    (`num_inference_steps` None: `protocol_steps`), seed 0. `scheduler` is a ddpm-zoo scheduler name (None
+    keeps the pipeline's own); `guidance_scale` None uses the pipeline's default. Digit models get
+    recognisability and FD in classifier features, plus conditional accuracy (class-conditional) and color
+    accuracy (RGB); FID/KID and FD-DINOv2 are added when available and `extra` is set. Labels are balanced
+    over the classes.
     """
+    if num_inference_steps is None:
+        num_inference_steps = protocol_steps(pipeline)
     if num_samples < 2 or batch_size < 1 or num_inference_steps < 1:
         raise UserInputError("num_samples must be >= 2, batch_size and num_inference_steps >= 1")
     context = context or make_context(pipeline, digits, reference, extra)
@@ -169,17 +184,19 @@ def check_step_counts(pipeline: DiffusionPipeline, schedulers: Sequence[str | No
 
 def sweep(
     pipeline: DiffusionPipeline,
-    schedulers: Sequence[str | None] = ("dpmsolver",),
-    steps: Sequence[int] = (25,),
+    schedulers: Sequence[str | None] = (PROTOCOL_SCHEDULER,),
+    steps: Sequence[int] | None = None,
     guidance_scales: Sequence[float | None] = (None,),
-    num_samples: int = 5000,
-    batch_size: int = 250,
+    num_samples: int = PROTOCOL_SAMPLES,
+    batch_size: int = PROTOCOL_BATCH_SIZE,
     seed: int = 0,
     context: EvaluationContext | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One `evaluate_pipeline` row per (scheduler, steps, guidance) combination, all with the same seed;
-    guidance is ignored (a single row per scheduler and steps) for pipelines without any."""
+    guidance is ignored (a single row per scheduler and steps) for pipelines without any. `steps` None is
+    the protocol's (`protocol_steps`)."""
+    steps = [protocol_steps(pipeline)] if steps is None else steps
     check_step_counts(pipeline, schedulers, steps)
     context = context or make_context(pipeline)
     guidance_scales = guidance_scales if takes_guidance(pipeline) else (None,)
