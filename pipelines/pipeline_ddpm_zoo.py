@@ -112,6 +112,16 @@ class DDPMPipelineBase(DiffusionPipeline):
         sigma = sigmas[0] + (t - low) * (sigmas[1] - sigmas[0])
         return 1 / (1 + sigma**2)
 
+    def scheduler_output(self, model_output: torch.Tensor, channels: int) -> torch.Tensor:
+        """What the scheduler steps with: a learned-variance output (2C channels) whole for a `DDPMScheduler`
+        configured to read it (Improved DDPM eq. 15), its mean half for every other scheduler."""
+        if model_output.shape[1] == channels:
+            return model_output
+        reads_variance = self.scheduler.config.get("variance_type") in ("learned", "learned_range")
+        if isinstance(self.scheduler, DDPMScheduler) and reads_variance:
+            return model_output
+        return model_output[:, :channels]
+
     def keep_in_range(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Bound the x_0 that `model_output` implies at x_t = `sample` the way the saved scheduler config asks
         (`thresholding`: dynamic thresholding, Saharia et al., 2022, Sec. 2.3; else `clip_sample`: clipping
@@ -130,7 +140,9 @@ class DDPMPipelineBase(DiffusionPipeline):
         prediction_type = config.get("prediction_type", "epsilon")
         if alpha_bar is None or prediction_type not in ("epsilon", "v_prediction", "sample"):
             return model_output
-        dtype = model_output.dtype
+        channels = sample.shape[1]
+        variance = model_output[:, channels:]
+        dtype, model_output = model_output.dtype, model_output[:, :channels]
         x_0 = predicted_original_sample(model_output.float(), sample.float(), float(alpha_bar), prediction_type)
         if thresholding:
             bounded = dynamic_threshold(
@@ -139,9 +151,10 @@ class DDPMPipelineBase(DiffusionPipeline):
         else:
             limit = float(config.get("clip_sample_range", 1.0))
             bounded = x_0.clamp(-limit, limit)
-        if torch.equal(bounded, x_0):
-            return model_output
-        return prediction_from_original_sample(bounded, sample.float(), float(alpha_bar), prediction_type).to(dtype)
+        if not torch.equal(bounded, x_0):
+            kept = prediction_from_original_sample(bounded, sample.float(), float(alpha_bar), prediction_type)
+            model_output = kept.to(dtype)
+        return torch.cat([model_output, variance], dim=1) if variance.shape[1] else model_output
 
     def run_reverse_process(
         self,
@@ -169,6 +182,7 @@ class DDPMPipelineBase(DiffusionPipeline):
             # Algorithm 2, line 4: the network's prediction at x_t (sigma schedulers rescale x_t first).
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.keep_in_range(predict(model_input, t), model_input, t)
+            model_output = self.scheduler_output(model_output, latents.shape[1])
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_outputs = callback_on_step_end(self, i, t, {name: latents for name in tensor_inputs})
@@ -255,7 +269,7 @@ class UnconditionalDDPMPipeline(DDPMPipelineBase):
         if guidance_scale == 1:
             return prediction
         guide = self.guide_unet(model_input, t).sample
-        return guide + guidance_scale * (prediction - guide)
+        return extrapolate(guide, prediction, guidance_scale, model_input.shape[1])
 
     def draw_clusters(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
         """One cluster per image, drawn in proportion to the clusters' sizes (their share of the training
@@ -555,4 +569,11 @@ def classifier_free_guidance(
         return unet(model_input, t, class_labels=null_labels).sample
     both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null_labels])).sample
     conditional, unconditional = both.chunk(2)
-    return unconditional + scale * (conditional - unconditional)
+    return extrapolate(unconditional, conditional, scale, model_input.shape[1])
+
+
+def extrapolate(base: torch.Tensor, target: torch.Tensor, scale: float, channels: int) -> torch.Tensor:
+    """base + w (target - base) on the first `channels` output channels, the mean prediction; a learned
+    variance half (`variance_type="learned_range"`, 2C channels) is taken from `target` unchanged."""
+    mean = base[:, :channels] + scale * (target[:, :channels] - base[:, :channels])
+    return torch.cat([mean, target[:, channels:]], dim=1) if target.shape[1] > channels else mean

@@ -4,13 +4,24 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_unet
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, EulerDiscreteScheduler, ImagePipelineOutput
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    ImagePipelineOutput,
+    UNet2DModel,
+)
 from PIL import Image
 
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
-from ddpm_zoo.pipelines.pipeline_ddpm_zoo import predicted_original_sample, prediction_from_original_sample
+from ddpm_zoo.pipelines.pipeline_ddpm_zoo import (
+    extrapolate,
+    predicted_original_sample,
+    prediction_from_original_sample,
+)
 from ddpm_zoo.presets import DIGIT_NAMES
 from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
 
@@ -542,3 +553,64 @@ def test_saved_self_guided_folder_round_trips(tmp_path):
         assert loaded.config.cluster_sizes == [5, 2, 3] and loaded.config.self_guidance_scale == 1.5
         loaded.set_progress_bar_config(disable=True)
         torch.testing.assert_close(loaded(generator=seeded(3), **kwargs).images, expected)
+
+
+def learned_variance(scheduler_class=DDPMScheduler) -> UnconditionalDDPMPipeline:
+    """A self-guided pipeline whose UNet outputs the mean and the variance interpolation v (2C channels)."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=3,
+    )
+    config = training_config(variance_type="learned_range")
+    pipeline = UnconditionalDDPMPipeline(
+        unet=unet, scheduler=scheduler_class.from_config(config), cluster_sizes=[1, 1], self_guidance_scale=2.0
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver", "euler", "heun"])
+def test_learned_variance_reaches_only_the_schedulers_that_read_it(scheduler):
+    """DDPM with `variance_type="learned_range"` steps with all 2C channels; every other scheduler the mean."""
+    pipeline = learned_variance(SCHEDULERS[scheduler])
+    widths = []
+    step = pipeline.scheduler.step
+    pipeline.scheduler.step = lambda model_output, *args, **kwargs: (
+        widths.append(model_output.shape[1]) or step(model_output, *args, **kwargs)
+    )
+    images = pipeline(batch_size=2, num_inference_steps=4, generator=seeded(), output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    assert set(widths) == {2 if scheduler == "ddpm" else 1}
+
+
+def test_guidance_combines_the_mean_halves_and_keeps_the_conditional_variance():
+    conditional_output = torch.randn(3, 4, 5, 5, generator=seeded(1))
+    unconditional_output = torch.randn(3, 4, 5, 5, generator=seeded(2))
+    guided = extrapolate(unconditional_output, conditional_output, 3.0, channels=2)
+    expected_mean = unconditional_output[:, :2] + 3.0 * (conditional_output[:, :2] - unconditional_output[:, :2])
+    torch.testing.assert_close(guided[:, :2], expected_mean)
+    assert torch.equal(guided[:, 2:], conditional_output[:, 2:])
+    for scale, expected in ((1.0, conditional_output), (0.0, unconditional_output)):
+        torch.testing.assert_close(
+            extrapolate(unconditional_output, conditional_output, scale, 2)[:, :2], expected[:, :2]
+        )
+
+
+def test_range_keeping_bounds_the_mean_half_only():
+    pipeline = learned_variance()
+    t = torch.tensor(600.0)
+    x_t = torch.randn(2, 1, 8, 8, generator=seeded(3))
+    output = torch.cat([5 * torch.randn(2, 1, 8, 8, generator=seeded(4)), torch.rand(2, 1, 8, 8) * 2 - 1], dim=1)
+    kept = pipeline.keep_in_range(output, x_t, t)
+    alpha_bar = float(pipeline.alpha_bar(t))
+    x_0 = predicted_original_sample(kept[:, :1], x_t, alpha_bar, "epsilon")
+    assert x_0.abs().max() <= 1 + 1e-5 and not torch.equal(kept[:, :1], output[:, :1])
+    assert torch.equal(kept[:, 1:], output[:, 1:])
