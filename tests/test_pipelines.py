@@ -614,3 +614,34 @@ def test_range_keeping_bounds_the_mean_half_only():
     x_0 = predicted_original_sample(kept[:, :1], x_t, alpha_bar, "epsilon")
     assert x_0.abs().max() <= 1 + 1e-5 and not torch.equal(kept[:, :1], output[:, :1])
     assert torch.equal(kept[:, 1:], output[:, 1:])
+
+
+def test_unconditional_pipeline_golden_slice():
+    """Pinned pixels of a seeded test-sized self-guided model: a change to the uploaded pipeline file that
+    moves the samples shows here (as diffusers' pipeline tests pin theirs)."""
+    config = training_config(prediction_type="v_prediction")
+    pipeline = UnconditionalDDPMPipeline(
+        unet=tiny_unet(1, 8, num_class_embeds=3),
+        scheduler=DDPMScheduler.from_config(config),
+        cluster_sizes=[2, 5],
+        self_guidance_scale=3.0,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(batch_size=2, num_inference_steps=5, generator=seeded(0), output_type="np").images
+    expected = [1.0, 0.5431, 0.4474, 0.9959, 0.6938, 0.3644, 0.2969, 0.0, 0.0987]
+    assert images.shape == (2, 8, 8, 1)
+    np.testing.assert_allclose(images[1, -3:, -3:, 0].flatten(), expected, atol=1e-3)
+
+
+def test_class_conditional_pipeline_golden_slice():
+    config = training_config(prediction_type="v_prediction")
+    pipeline = ClassConditionalDDPMPipeline(
+        unet=tiny_unet(3, 8, num_class_embeds=11),
+        scheduler=DDIMScheduler.from_config(config),
+        class_names="a,b,c,d,e,f,g,h,i,j",
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(class_labels=[7, "b"], num_inference_steps=5, generator=seeded(0), output_type="np").images
+    expected = [0.5056, 0.9452, 0.0177, 0.9307, 1.0, 0.8074, 0.2898, 0.0, 0.0658]
+    assert images.shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(images[0, -3:, -3:, -1].flatten(), expected, atol=1e-3)
