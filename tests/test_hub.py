@@ -302,7 +302,7 @@ def test_push_command_keeps_the_token_out_of_output_files_and_logs(hub_server, t
 def test_ddpm_zoo_push_command_line(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     env = hub_server.client_env(tmp_path / "cli-home", token=TEST_TOKEN, disable_xet=True)
-    command = [sys.executable, "-m", "ddpm_zoo.cli", "push", str(folder), f"{TEST_USER}/from-cli"]
+    command = [sys.executable, "-m", "ddpm_zoo.commands.main", "push", str(folder), f"{TEST_USER}/from-cli"]
     result = subprocess.run(command + ["--revision", "v1"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert repo_files(hub_server, f"{TEST_USER}/from-cli", "v1") == PIPELINE_FILES
@@ -455,7 +455,7 @@ def test_cli_errors_are_one_line_without_request_logs(hub_server, tmp_path):
     """A refused push prints only the error line: huggingface_hub 2.x logs each request through httpx2."""
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     env = hub_server.client_env(tmp_path / "cli-home", disable_xet=True)
-    command = [sys.executable, "-m", "ddpm_zoo.cli", "push", str(folder), f"{TEST_USER}/anonymous"]
+    command = [sys.executable, "-m", "ddpm_zoo.commands.main", "push", str(folder), f"{TEST_USER}/anonymous"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -469,7 +469,7 @@ def test_sampling_a_cached_repo_works_offline(hub_server, tmp_path):
     folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
     push_pipeline_folder(folder, f"{TEST_USER}/cached", token=TEST_TOKEN)
     env = hub_server.client_env(tmp_path / "sample-home", disable_xet=True)
-    command = [sys.executable, "-m", "ddpm_zoo.cli", "sample", f"{TEST_USER}/cached", "--num_images", "1"]
+    command = [sys.executable, "-m", "ddpm_zoo.commands.main", "sample", f"{TEST_USER}/cached", "--num_images", "1"]
     command += ["--num_inference_steps", "1", "--device", "cpu", "--output_dir"]
     online = subprocess.run([*command, str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=120)
     assert online.returncode == 0, online.stderr[-3000:]
