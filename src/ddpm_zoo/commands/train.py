@@ -48,11 +48,11 @@ def add_options(parser: argparse.ArgumentParser, conditional: bool, preset: str 
         else:
             groups[meta["group"]].add_argument(*names, type=option_type(spec), choices=meta["choices"], help=text)
     if subcommand:
+        [kind] = [spec for spec in options() if spec.name == "conditional"]
         parser.add_argument(
             "--conditional",
             action="store_true",
-            help=f"train a class-conditional model (default preset {CONDITIONAL_PRESET}) instead of an "
-            f"unconditional one (default preset {UNCONDITIONAL_PRESET})",
+            help=f"{kind.metadata['help']} (default preset {CONDITIONAL_PRESET}; without it {UNCONDITIONAL_PRESET})",
         )
     # Accepted as in diffusers' train_unconditional.py: what the data path always does, and one refused with a hint.
     parser.add_argument(
