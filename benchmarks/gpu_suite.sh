@@ -44,7 +44,7 @@ smoke() {
     step smoke-train 120 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
         --mixed_precision bf16 --dynamo_backend no train_unconditional.py --preset mnist-tiny --max_train_steps 300 \
         --checkpointing_steps 150 --logging_steps 50 --output_dir /tmp/smoke --overwrite_output_dir --logger none
-    step smoke-sample 45 python3 -m ddpm_zoo.cli sample /tmp/smoke --scheduler dpmsolver --num_images 64 \
+    step smoke-sample 45 python3 -m ddpm_zoo.commands.main sample /tmp/smoke --scheduler dpmsolver --num_images 64 \
         --output_dir "$LOGS/smoke-samples"
 }
 

@@ -21,10 +21,10 @@ from ddpm_zoo.data import COLOR_NAMES, color_indices, colorize, load_mnist_5k_ar
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import fidelity, references
 from ddpm_zoo.generation import generate
-from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
+from ddpm_zoo.publish import save_pipeline_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -307,7 +307,7 @@ def test_non_digit_model_needs_a_reference():
 
 def trained_folder(path: Path) -> Path:
     """A saved colored conditional model with the model card and training_summary.json training writes."""
-    from ddpm_zoo.hub import TrainingSummary, render_model_card
+    from ddpm_zoo.cards import TrainingSummary, render_model_card
 
     folder = save_pipeline_folder(tiny_colored_conditional(), path)
     card_summary = TrainingSummary(

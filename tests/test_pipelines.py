@@ -15,7 +15,6 @@ from diffusers import (
 from PIL import Image
 
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.pipelines.pipeline_ddpm_zoo import (
     extrapolate,
@@ -23,6 +22,7 @@ from ddpm_zoo.pipelines.pipeline_ddpm_zoo import (
     prediction_from_original_sample,
 )
 from ddpm_zoo.presets import DIGIT_NAMES
+from ddpm_zoo.publish import save_pipeline_folder
 from ddpm_zoo.schedulers import SCHEDULERS, make_scheduler
 
 STEPS = 3
@@ -540,7 +540,7 @@ def test_a_pipeline_is_autoguided_or_self_guided_not_both():
 
 
 def test_saved_self_guided_folder_round_trips(tmp_path):
-    from ddpm_zoo.hub import load_pipeline
+    from ddpm_zoo.loading import load_pipeline
 
     pipeline = self_guided([5, 2, 3], self_guidance_scale=1.5)
     save_pipeline_folder(pipeline, tmp_path / "model")

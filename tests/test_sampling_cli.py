@@ -19,10 +19,10 @@ from ddpm_zoo.commands.sample import parse_class_labels
 from ddpm_zoo.commands.visualize import parse_timesteps
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.generation import DEFAULT_STEPS, default_steps, generate
-from ddpm_zoo.hub import save_pipeline_folder
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import DIGIT_NAMES
+from ddpm_zoo.publish import save_pipeline_folder
 from ddpm_zoo.visualize import forward_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,7 +223,7 @@ def test_visualize_reverse_grid_animation_and_labelled_grid(models, tmp_path):
 
 
 def test_the_ddpm_zoo_command_reports_bad_input_in_one_line(models, capsys):
-    from ddpm_zoo.cli import main
+    from ddpm_zoo.commands.main import main
 
     assert main(["sample", models["conditional"], "--class_labels", "3,eleven", "--num_inference_steps", "1"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -242,7 +242,7 @@ def test_generate_works_with_plain_diffusers_pipelines():
 
 
 def test_a_folder_with_only_pickle_weights_is_refused(models, tmp_path, capsys):
-    from ddpm_zoo.cli import main
+    from ddpm_zoo.commands.main import main
 
     folder = tmp_path / "pickled"
     shutil.copytree(models["unconditional"], folder)
@@ -272,7 +272,7 @@ class OwnPipeline(DDPMPipeline):
 def test_downloaded_code_runs_only_when_trusted(models, tmp_path, capsys):
     """A ddpm-zoo folder loads into the installed classes, never running its pipeline.py; another folder's
     custom code needs --trust_remote_code."""
-    from ddpm_zoo.cli import main
+    from ddpm_zoo.commands.main import main
 
     ours = tmp_path / "ours"
     shutil.copytree(models["unconditional"], ours)

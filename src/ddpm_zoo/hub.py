@@ -1,6 +1,5 @@
 """The Hugging Face Hub: downloading a pipeline (one snapshot, no pickles) and Hub errors as one line."""
 
-import importlib
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download
@@ -68,19 +67,3 @@ def first_line(error: Exception) -> str:
 
 def http_status(error: HfHubHTTPError) -> int | None:
     return error.response.status_code if error.response is not None else None
-
-
-# Names that moved to cards, publish and loading, found there on first use by callers that still import
-# them from here.
-MOVED = {
-    "TrainingSummary": "ddpm_zoo.cards",
-    "render_model_card": "ddpm_zoo.cards",
-    "save_pipeline_folder": "ddpm_zoo.publish",
-    "load_pipeline": "ddpm_zoo.loading",
-}
-
-
-def __getattr__(name: str):
-    if name in MOVED:
-        return getattr(importlib.import_module(MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

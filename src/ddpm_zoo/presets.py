@@ -67,6 +67,11 @@ def _three_level_28px(channels: int) -> dict[str, Any]:
     }
 
 
+# DDPM's linear schedule (Ho et al., 2020, Sec. 4) with x_0 clipped to the data range while sampling. `clip_sample` is
+# given explicitly: `from_config` hands a swapped-in scheduler only the values a config was built with, and the
+# pipelines read it to keep x_0 in range under any scheduler.
+DDPM_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "clip_sample": True}
+
 _DIGIT_TRAINING = {
     "dataset_name": "mnist-5k",
     "random_flip": False,
@@ -88,7 +93,7 @@ PRESETS: dict[str, Preset] = {
         name="mnist-tiny",
         description="A 1.1 M-parameter DDPM for 28x28 grayscale digits, sized to train on a laptop CPU.",
         unet=_three_level_28px(channels=1),
-        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        scheduler=DDPM_SCHEDULE,
         training={**_DIGIT_TRAINING, "self_guidance_clusters": 50},
         dataset=MNIST_INFO,
         class_names=DIGIT_NAMES,
@@ -110,7 +115,7 @@ PRESETS: dict[str, Preset] = {
             "attention_head_dim": 256,
             "dropout": 0.1,
         },
-        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        scheduler=DDPM_SCHEDULE,
         training={
             "dataset_name": "uoft-cs/cifar10",
             "random_flip": True,
@@ -133,7 +138,7 @@ PRESETS: dict[str, Preset] = {
         name="colored-mnist",
         description="A class-conditional DDPM for 28x28 digits tinted in named colors, with classifier-free guidance.",
         unet=_three_level_28px(channels=3),
-        scheduler={"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        scheduler=DDPM_SCHEDULE,
         training={**_DIGIT_TRAINING, "colorize": True},
         dataset=MNIST_INFO,
         class_names=DIGIT_NAMES,
