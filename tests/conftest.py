@@ -11,13 +11,16 @@ import torch
 from diffusers import UNet2DModel
 
 
-def tiny_unet(channels: int = 1, size: int = 8, num_class_embeds: int | None = None) -> UNet2DModel:
-    """A ~45k-parameter UNet2DModel: two levels, attention at the lower one."""
+def tiny_unet(
+    channels: int = 1, size: int = 8, num_class_embeds: int | None = None, out_channels: int | None = None
+) -> UNet2DModel:
+    """A ~45k-parameter UNet2DModel: two levels, attention at the lower one; `out_channels` 2 x `channels`
+    makes a learned-variance model."""
     torch.manual_seed(0)
     return UNet2DModel(
         sample_size=size,
         in_channels=channels,
-        out_channels=channels,
+        out_channels=out_channels or channels,
         block_out_channels=(8, 16),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),

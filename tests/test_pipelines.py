@@ -10,7 +10,6 @@ from diffusers import (
     DiffusionPipeline,
     EulerDiscreteScheduler,
     ImagePipelineOutput,
-    UNet2DModel,
 )
 from PIL import Image
 
@@ -557,18 +556,7 @@ def test_saved_self_guided_folder_round_trips(tmp_path):
 
 def learned_variance(scheduler_class=DDPMScheduler) -> UnconditionalDDPMPipeline:
     """A self-guided pipeline whose UNet outputs the mean and the variance interpolation v (2C channels)."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=3,
-    )
+    unet = tiny_unet(1, 8, num_class_embeds=3, out_channels=2)
     config = training_config(variance_type="learned_range")
     pipeline = UnconditionalDDPMPipeline(
         unet=unet, scheduler=scheduler_class.from_config(config), cluster_sizes=[1, 1], self_guidance_scale=2.0
