@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ IMAGE_COLUMN_GUESSES = ("image", "img", "images", "pixel_values")
 LABEL_COLUMN_GUESSES = ("label", "labels", "class", "fine_label", "target")
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 GRAYSCALE_MODES = ("1", "L", "LA", "La")
-UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError)
+# A decompression bomb (more pixels than PIL's Image.MAX_IMAGE_PIXELS) counts as unreadable, like a broken file.
+UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 SKIP_HINT = " (pass --skip_bad_images to skip such files)"
 OFFLINE_HINT = (
     f"offline, train on the embedded digits with --dataset_name {EMBEDDED_MNIST} or on local images with "
@@ -279,12 +287,15 @@ def _image_name(value: dict | None, index: int) -> str:
 
 
 def _open_encoded(value: dict | None) -> Image.Image:
-    """Open one undecoded `datasets.Image` value ({"bytes", "path"}); an empty row is unreadable (OSError)."""
+    """Open one undecoded `datasets.Image` value ({"bytes", "path"}); an empty row is unreadable (OSError), and
+    so is an image whose size PIL flags as a possible decompression bomb (raised, not merely warned about)."""
     if value is None:
         raise OSError("the row holds no image")
     data = value.get("bytes")
-    image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
-    image.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
+        image.load()
     return image
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ModelMixin
+from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import PICKLE_SUFFIXES, download_pipeline, first_line
@@ -45,19 +46,34 @@ def read_model_index(folder: Path) -> dict:
             "(training writes one to --output_dir; save_pipeline_folder writes one too)"
         )
     try:
-        index = json.loads(index_path.read_text())
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{index_path} is not UTF-8 text: {error}") from None
     except json.JSONDecodeError as error:
         raise UserInputError(f"{index_path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise UserInputError(f"{index_path} nests too deeply to be a pipeline index") from None
     if not isinstance(index, dict):
         raise UserInputError(f"{index_path} holds a JSON {type(index).__name__}, not a pipeline index")
+    check_class_name(index.get("_class_name"), index_path)
     return index
 
 
+def check_class_name(class_name, index_path: Path) -> None:
+    """`_class_name` is a class name, or [module, class name] for a pipeline with its own code (or absent)."""
+    names = class_name if isinstance(class_name, list) and len(class_name) == 2 else [class_name]
+    if class_name is not None and not all(isinstance(name, str) and name for name in names):
+        raise UserInputError(
+            f"{index_path}: _class_name must be a class name or [module, class name], not {json.dumps(class_name)[:80]}"
+        )
+
+
 def check_weights(folder: Path, component: str) -> None:
-    """Refuse a component whose weights exist only as pickles: loading a pickle can run arbitrary code."""
+    """Refuse a component whose weights exist only as pickles: loading a pickle can run arbitrary code. A
+    safetensors file counts only under the name diffusers reads, so a decoy beside a pickle is no cover."""
     files = [p for p in (folder / component).glob("*") if p.is_file()]
     pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickles and not any(p.suffix == ".safetensors" for p in files):
+    if pickles and not any(p.name in (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) for p in files):
         raise UserInputError(
             f"{folder / component} holds only pickle weights ({', '.join(sorted(pickles))}); ddpm-zoo publishes "
             "safetensors only, since loading a pickle can run arbitrary code: re-save the pipeline with "
@@ -81,7 +97,9 @@ def load_installed(folder: Path, index: dict, name: str) -> DiffusionPipeline:
             raise UserInputError(f"{name}: component {key} comes from {value[0]}, not diffusers")
         else:
             check_weights(folder, key)
-            kwargs[key] = getattr(diffusers, value[1]).from_pretrained(folder / key)
+            component = getattr(diffusers, value[1])
+            safetensors_only = {"use_safetensors": True} if issubclass(component, ModelMixin) else {}
+            kwargs[key] = component.from_pretrained(folder / key, **safetensors_only)
     return PIPELINE_CLASSES[class_name](**kwargs)
 
 
@@ -123,7 +141,7 @@ def load_pipeline(
             pipeline = DiffusionPipeline.from_pretrained(
                 folder, trust_remote_code=trust_remote_code, use_safetensors=True
             )
-    except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError) as error:
+    except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError, RecursionError) as error:
         where = "folder" if path.exists() else "Hub repo"
         raise UserInputError(f"cannot load the {where} {name_or_path!r}: {_one_line(error)}") from None
     if scheduler is not None:

@@ -1,0 +1,130 @@
+"""Hostile or broken input (decoy weights, broken indexes, links out of a folder, decompression bombs, corrupt
+cache entries, absurd option values) is one `error:` line and a non-zero exit, and nothing on disk is lost."""
+
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_unet
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from ddpm_zoo import data
+from ddpm_zoo.commands.main import main
+from ddpm_zoo.errors import DataError, UserInputError
+from ddpm_zoo.loading import load_pipeline
+from ddpm_zoo.pipelines import UnconditionalDDPMPipeline
+from ddpm_zoo.publish import save_pipeline_folder
+
+BOMB_SIDE = 20_000  # 400 million pixels: past twice PIL's default limit, so opening raises DecompressionBombError
+
+
+def saved_folder(root: Path) -> Path:
+    return save_pipeline_folder(UnconditionalDDPMPipeline(tiny_unet(), DDPMScheduler()), root / "model")
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def write_bomb_png(path: Path, side: int = BOMB_SIDE) -> None:
+    """A small file whose PNG header claims a `side` x `side` grayscale image (PIL checks the size on open)."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (side + 1))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+    )
+
+
+def image_folder(root: Path, count: int = 3) -> Path:
+    root.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / f"{i}.png")
+    return root
+
+
+def test_a_decoy_safetensors_beside_a_pickle_is_refused_not_loaded(tmp_path, capsys):
+    folder = saved_folder(tmp_path)
+    unet = folder / "unet"
+    torch.save({name: torch.full_like(value, 7.0) for name, value in tiny_unet().state_dict().items()}, unet / "a.bin")
+    (unet / "diffusion_pytorch_model.bin").write_bytes((unet / "a.bin").read_bytes())
+    (unet / "diffusion_pytorch_model.safetensors").rename(unet / "decoy.safetensors")
+    assert main(["sample", str(folder), "--num_images", "1", "--num_inference_steps", "1"]) == 2
+    assert "only pickle weights (a.bin, diffusion_pytorch_model.bin)" in one_error_line(capsys)
+    assert main(["push", str(folder), "someone/decoy"]) == 2
+    assert "only pickle weights" in one_error_line(capsys)
+
+
+def test_the_loader_reads_the_safetensors_weights_never_a_pickle_beside_them(tmp_path):
+    folder = saved_folder(tmp_path)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors at all")
+    torch.save(tiny_unet().state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(UserInputError, match="cannot load the folder .*diffusion_pytorch_model.safetensors"):
+        load_pipeline(str(folder), "cpu")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"_class_name": "\xff\xfe"}', "is not UTF-8 text"),
+        (b"[" * 5000 + b"]" * 5000, "nests too deeply"),
+        (b'{"_class_name": []}', r"_class_name must be a class name or \[module, class name\], not \[\]"),
+        (b'{"_class_name": ["pipeline", 3]}', "_class_name must be a class name"),
+        (b'{"_class_name": {"a": 1}}', "_class_name must be a class name"),
+    ],
+    ids=["not-utf8", "deep", "empty-list", "not-a-name", "dict"],
+)
+def test_a_broken_model_index_is_one_error_line_for_every_command(tmp_path, capsys, content, message):
+    folder = saved_folder(tmp_path)
+    (folder / "model_index.json").write_bytes(content)
+    for command in (["sample", str(folder), "--output", str(tmp_path / "x.png")], ["push", str(folder), "me/x"]):
+        assert main(command) == 2
+        line = one_error_line(capsys)
+        assert "model_index.json" in line and re.search(message, line), line
+    assert (folder / "model_index.json").read_bytes() == content and not (tmp_path / "x.png").exists()
+
+
+def test_a_decompression_bomb_is_named_or_skipped_when_decoded_in_memory(tmp_path):
+    root = image_folder(tmp_path / "images")
+    write_bomb_png(root / "bomb.png")
+    source = data.load_image_source(None, train_data_dir=str(root))
+    with pytest.raises(DataError, match=r"cannot read .*bomb.png: .*decompression bomb.*--skip_bad_images"):
+        data.decode_dataset(source, resolution=8, channels=3)
+    decoded = data.decode_dataset(source, resolution=8, channels=3, skip_bad_images=True)
+    assert decoded.skipped == 1 and decoded.images.shape == (3, 3, 8, 8)
+
+
+def test_an_image_past_the_pixel_limit_only_warned_about_is_bad_too(tmp_path, monkeypatch):
+    root = image_folder(tmp_path / "images")
+    Image.new("RGB", (10, 10)).save(root / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 80)  # 100 pixels: past the limit, not past twice it (a warning)
+    source = data.load_image_source(None, train_data_dir=str(root))
+    with pytest.raises(DataError, match=r"cannot read .*large.png"):
+        data.decode_dataset(source, resolution=8, channels=3)
+    assert data.decode_dataset(source, resolution=8, channels=3, skip_bad_images=True).skipped == 1
+
+
+def test_a_decompression_bomb_is_named_or_skipped_by_streaming_workers(tmp_path, caplog):
+    root = image_folder(tmp_path / "images")
+    write_bomb_png(root / "bomb.png")
+    source = data.load_image_source(None, train_data_dir=str(root))
+    plan = data.EpochIndexPlan(4, 4, seed=0)
+    strict = data.StreamingBatches(source, plan, 8, 3, False, num_classes=0, num_workers=1)
+    with pytest.raises(DataError) as raised:
+        list(strict.epoch(0))
+    message = str(raised.value)
+    assert message.startswith("cannot read ") and "bomb.png" in message and "\n" not in message
+    lenient = data.StreamingBatches(source, plan, 8, 3, False, num_classes=0, num_workers=1, skip_bad_images=True)
+    ((images, labels),) = list(lenient.epoch(0))
+    assert images.shape == (4, 3, 8, 8) and labels is None
+    assert [r.getMessage() for r in caplog.records if "bomb.png" in r.getMessage()][0].startswith("skipped")
