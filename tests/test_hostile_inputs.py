@@ -17,7 +17,7 @@ from ddpm_zoo.commands.main import main
 from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.pipelines import UnconditionalDDPMPipeline
-from ddpm_zoo.publish import save_pipeline_folder
+from ddpm_zoo.publish import publishable_files, save_pipeline_folder
 
 BOMB_SIDE = 20_000  # 400 million pixels: past twice PIL's default limit, so opening raises DecompressionBombError
 
@@ -128,3 +128,26 @@ def test_a_decompression_bomb_is_named_or_skipped_by_streaming_workers(tmp_path,
     ((images, labels),) = list(lenient.epoch(0))
     assert images.shape == (4, 3, 8, 8) and labels is None
     assert [r.getMessage() for r in caplog.records if "bomb.png" in r.getMessage()][0].startswith("skipped")
+
+
+@pytest.mark.parametrize("link", ["samples/x.png", "README.md", "samples"])
+def test_push_refuses_a_symbolic_link_it_would_upload(tmp_path, capsys, link):
+    folder = saved_folder(tmp_path)
+    secret = tmp_path / "home" / "token"
+    secret.parent.mkdir()
+    secret.write_text("hf_secret")
+    (folder / link).parent.mkdir(exist_ok=True)
+    (folder / link).symlink_to(secret.parent if link == "samples" else secret)
+    with pytest.raises(UserInputError, match=f"{re.escape(str(folder / link))} is a symbolic link"):
+        publishable_files(folder)
+    assert main(["push", str(folder), "someone/leak"]) == 2
+    assert f"{folder / link} is a symbolic link" in one_error_line(capsys)
+    assert secret.read_text() == "hf_secret" and (folder / link).is_symlink()
+
+
+def test_links_where_push_never_looks_do_not_block_it(tmp_path):
+    folder = saved_folder(tmp_path)
+    (folder / "checkpoint-3").mkdir()
+    (folder / "checkpoint-3" / "model.safetensors").symlink_to(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    (folder / "latest").symlink_to(folder / "checkpoint-3")
+    assert "unet/diffusion_pytorch_model.safetensors" in publishable_files(folder)

@@ -96,8 +96,23 @@ def publishable_files(folder: str | os.PathLike) -> list[str]:
     if not (folder / "README.md").is_file():
         logger.warning("%s has no README.md: the repo will have no model card", folder)
     allow, _ = push_patterns(index)
+    refuse_links(folder, allow)
     every_file = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return list(filter_repo_objects(every_file, allow_patterns=allow, ignore_patterns=PUSH_IGNORE_PATTERNS))
+
+
+def refuse_links(folder: Path, allow: list[str]) -> None:
+    """Refuse a symbolic link among what a push would upload: a link could publish any file it points at
+    (a token, a key) from outside the folder. Links in places never uploaded (checkpoints, logs) may stay."""
+    for root, dirs, files in os.walk(folder):  # links to folders are listed, not followed
+        for path in sorted(Path(root, name) for name in dirs + files if Path(root, name).is_symlink()):
+            relative = path.relative_to(folder).as_posix()
+            inside = [f"{relative}/file" if path.is_dir() else relative]
+            if list(filter_repo_objects(inside, allow_patterns=allow, ignore_patterns=PUSH_IGNORE_PATTERNS)):
+                raise UserInputError(
+                    f"{path} is a symbolic link; push uploads real files only, so a link cannot publish what it "
+                    "points at: replace it with a copy of the file"
+                )
 
 
 def check_push_target(repo_id: str, revision: str | None) -> None:
