@@ -11,10 +11,13 @@ import torch
 from conftest import tiny_unet
 from diffusers import DDPMScheduler
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from ddpm_zoo import data
 from ddpm_zoo.commands.main import main
+from ddpm_zoo.data import load_mnist_5k_arrays
 from ddpm_zoo.errors import DataError, UserInputError
+from ddpm_zoo.evaluation.references import Reference, reference_digit_statistics
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.pipelines import UnconditionalDDPMPipeline
 from ddpm_zoo.publish import publishable_files, save_pipeline_folder
@@ -151,3 +154,23 @@ def test_links_where_push_never_looks_do_not_block_it(tmp_path):
     (folder / "checkpoint-3" / "model.safetensors").symlink_to(folder / "unet" / "diffusion_pytorch_model.safetensors")
     (folder / "latest").symlink_to(folder / "checkpoint-3")
     assert "unet/diffusion_pytorch_model.safetensors" in publishable_files(folder)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [b"", b"not safetensors", "truncated", {"mu": torch.zeros(3)}, {"mu": torch.zeros(3), "sigma": torch.zeros(2, 2)}],
+    ids=["empty", "garbage", "truncated", "no-sigma", "mismatched"],
+)
+def test_a_corrupt_evaluation_cache_entry_is_computed_again_and_replaced(tmp_path, monkeypatch, caplog, entry):
+    monkeypatch.setenv("DDPM_ZOO_CACHE", str(tmp_path / "cache"))
+    arrays, _ = load_mnist_5k_arrays()
+    reference = Reference("a", "test", "a", torch.from_numpy(arrays[:32]).unsqueeze(1), key="first-32-digits")
+    expected = reference_digit_statistics(reference)
+    (path,) = (tmp_path / "cache").glob("digit-features-*.safetensors")
+    if isinstance(entry, dict):
+        save_file(entry, str(path))
+    else:
+        path.write_bytes(path.read_bytes()[:-9] if entry == "truncated" else entry)
+    torch.testing.assert_close(reference_digit_statistics(reference), expected)
+    assert any("recomputing the corrupt cache entry" in record.getMessage() for record in caplog.records)
+    torch.testing.assert_close((load_file(path)["mu"], load_file(path)["sigma"]), expected)  # replaced on disk

@@ -2,12 +2,14 @@
 sweep shares between its rows (reference, statistics, optional feature extractors)."""
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,8 +26,11 @@ from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation.classifier import DIGIT_SIZE, NUM_DIGITS, classifier_metadata, classify
 from ddpm_zoo.evaluation.fidelity import InceptionMetrics, dinov2_features, inception_unavailable, load_dinov2
 from ddpm_zoo.evaluation.metrics import feature_statistics
+from ddpm_zoo.hub import first_line
 from ddpm_zoo.introspection import is_conditional, num_classes
 from ddpm_zoo.presets import DIGIT_NAMES
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,18 +82,37 @@ def cache_dir() -> Path:
 
 def reference_digit_statistics(reference: Reference) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of the classifier features of the reference images, cached on disk under a
-    key made of the reference's content hash and the classifier's sha256."""
+    key made of the reference's content hash and the classifier's sha256; a corrupt entry is replaced."""
     key = hashlib.sha256(f"{reference.key}:{classifier_metadata()['sha256']}".encode()).hexdigest()[:24]
     path = cache_dir() / f"digit-features-{key}.safetensors"
-    if path.exists():
-        stats = load_file(str(path))
-        return stats["mu"], stats["sigma"]
+    cached = read_cached_statistics(path)
+    if cached is not None:
+        return cached
     _, features = classify(reference.images)
     mu, sigma = feature_statistics(features)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".tmp-{os.getpid()}")
     save_file({"mu": mu, "sigma": sigma}, str(partial), metadata={"count": str(len(features))})
     os.replace(partial, path)
+    return mu, sigma
+
+
+def read_cached_statistics(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The mean and covariance cached at `path`; None when there are none, or when the entry is corrupt
+    (not safetensors, truncated, other tensors or shapes, not finite), so that it is computed again."""
+    if not path.exists():
+        return None
+    try:
+        stats = load_file(str(path))
+        mu, sigma = stats["mu"], stats["sigma"]
+    except (SafetensorError, OSError, KeyError) as error:
+        logger.warning("recomputing the corrupt cache entry %s (%s)", path, first_line(error))
+        return None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (mu.isfinite().all() and sigma.isfinite().all()):
+        logger.warning(
+            "recomputing the corrupt cache entry %s (mu %s, sigma %s)", path, list(mu.shape), list(sigma.shape)
+        )
+        return None
     return mu, sigma
 
 
