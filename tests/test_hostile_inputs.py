@@ -19,7 +19,7 @@ from ddpm_zoo.data import load_mnist_5k_arrays
 from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.evaluation.references import Reference, reference_digit_statistics
 from ddpm_zoo.loading import load_pipeline
-from ddpm_zoo.pipelines import UnconditionalDDPMPipeline
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.publish import publishable_files, save_pipeline_folder
 
 BOMB_SIDE = 20_000  # 400 million pixels: past twice PIL's default limit, so opening raises DecompressionBombError
@@ -174,3 +174,18 @@ def test_a_corrupt_evaluation_cache_entry_is_computed_again_and_replaced(tmp_pat
     torch.testing.assert_close(reference_digit_statistics(reference), expected)
     assert any("recomputing the corrupt cache entry" in record.getMessage() for record in caplog.records)
     torch.testing.assert_close((load_file(path)["mu"], load_file(path)["sigma"]), expected)  # replaced on disk
+
+
+def test_evaluate_refuses_more_samples_than_it_can_hold_before_any_work(tmp_path, capsys):
+    from ddpm_zoo.evaluation import evaluate_pipeline
+    from ddpm_zoo.evaluation.protocol import MAX_SAMPLES
+
+    pipeline = ClassConditionalDDPMPipeline(tiny_unet(num_class_embeds=11), DDPMScheduler(), class_names="a,b,c")
+    folder = save_pipeline_folder(pipeline, tmp_path / "model")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    argv = ["evaluate", str(folder), "--num_samples", str(10**12), "--model_kind", "digits", "--no_extra_metrics"]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert f"--num_samples must be at most {MAX_SAMPLES:,}" in one_error_line(capsys)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    with pytest.raises(UserInputError, match=f"num_samples must be at most {MAX_SAMPLES:,}, got 1,000,000,000,000"):
+        evaluate_pipeline(pipeline, num_samples=10**12, digits=True, extra=False, progress=False)

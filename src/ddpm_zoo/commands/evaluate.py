@@ -24,6 +24,7 @@ from ddpm_zoo.evaluation import (
     update_model_card,
     write_results,
 )
+from ddpm_zoo.evaluation.protocol import MAX_SAMPLES
 from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.loading import default_device, load_pipeline
 from ddpm_zoo.outputs import check_output_file, check_seed
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.num_samples < 2 or args.batch_size < 1:
         raise UserInputError("--num_samples must be at least 2 and --batch_size at least 1")
+    if args.num_samples > MAX_SAMPLES:
+        raise UserInputError(
+            f"--num_samples must be at most {MAX_SAMPLES:,} (every sample is held in memory), got {args.num_samples:,}"
+        )
     check_seed(args.seed)
     target = output_path(args.model, args.output)
     check_output_file(target)

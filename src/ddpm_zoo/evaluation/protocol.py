@@ -37,6 +37,8 @@ PROTOCOL_SAMPLES = 5000
 PROTOCOL_BATCH_SIZE = 250
 PROTOCOL_SCHEDULER = "dpmsolver"
 PROTOCOL_STEPS = 25
+# A row holds all its samples in memory: at most 20 times the 50,000 of the usual FID protocol.
+MAX_SAMPLES = 1_000_000
 
 
 def protocol_steps(pipeline: DiffusionPipeline) -> int:
@@ -108,6 +110,8 @@ def evaluate_pipeline(
         num_inference_steps = protocol_steps(pipeline)
     if num_samples < 2 or batch_size < 1 or num_inference_steps < 1:
         raise UserInputError("num_samples must be >= 2, batch_size and num_inference_steps >= 1")
+    if num_samples > MAX_SAMPLES:
+        raise UserInputError(f"num_samples must be at most {MAX_SAMPLES:,}, got {num_samples:,}")
     context = context or make_context(pipeline, digits, reference, extra)
     original = pipeline.scheduler
     if scheduler is not None:
