@@ -30,6 +30,22 @@ def tiny_unet(
     )
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@pytest.fixture(autouse=True)
+def online_whatever_the_caller_exported(monkeypatch):
+    """Each test starts in huggingface_hub's and datasets' online mode, whatever offline switches the caller
+    exported (their constants are read at import time); a test about offline mode sets it itself."""
+    from huggingface_hub import constants
+
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    if "datasets.config" in sys.modules:
+        monkeypatch.setattr(sys.modules["datasets.config"], "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors gain nothing from threads, and lose much when other jobs share the cores."""

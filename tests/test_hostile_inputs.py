@@ -1,14 +1,17 @@
 """Hostile or broken input (decoy weights, broken indexes, links out of a folder, decompression bombs, corrupt
 cache entries, absurd option values) is one `error:` line and a non-zero exit, and nothing on disk is lost."""
 
+import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_unet
+from conftest import OFFLINE_VARIABLES, tiny_unet
 from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -189,3 +192,18 @@ def test_evaluate_refuses_more_samples_than_it_can_hold_before_any_work(tmp_path
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     with pytest.raises(UserInputError, match=f"num_samples must be at most {MAX_SAMPLES:,}, got 1,000,000,000,000"):
         evaluate_pipeline(pipeline, num_samples=10**12, digits=True, extra=False, progress=False)
+
+
+@pytest.mark.slow
+def test_the_hub_tests_pass_when_the_caller_has_offline_mode_exported(tmp_path):
+    tests = Path(__file__).parent
+    selected = [
+        f"{tests / 'test_hub.py'}::test_push_to_a_new_branch_leaves_main_alone",
+        f"{tests / 'test_hub.py'}::test_push_without_a_token_is_one_line_with_a_hint",
+    ]
+    env = {**os.environ, **dict.fromkeys(OFFLINE_VARIABLES, "1"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t")]
+    result = subprocess.run(
+        [*command, *selected], env=env, cwd=tests.parent, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:]
