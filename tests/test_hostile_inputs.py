@@ -71,6 +71,13 @@ def test_a_decoy_safetensors_beside_a_pickle_is_refused_not_loaded(tmp_path, cap
     assert "only pickle weights" in one_error_line(capsys)
 
 
+def test_a_model_folder_with_only_a_decoy_safetensors_is_one_error_line(tmp_path, capsys):
+    folder = saved_folder(tmp_path)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "decoy.safetensors")
+    assert main(["sample", str(folder), "--output", str(tmp_path / "x.png")]) == 2
+    assert "unet has no diffusion_pytorch_model.safetensors" in one_error_line(capsys)
+
+
 def test_the_loader_reads_the_safetensors_weights_never_a_pickle_beside_them(tmp_path):
     folder = saved_folder(tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors at all")

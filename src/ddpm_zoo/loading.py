@@ -81,6 +81,14 @@ def check_weights(folder: Path, component: str) -> None:
         )
 
 
+def check_safetensors(folder: Path, component: str) -> None:
+    """A model component needs its weights in the safetensors file diffusers reads (or that file's index)."""
+    if not any((folder / component / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+        raise UserInputError(
+            f"{folder / component} has no {SAFETENSORS_WEIGHTS_NAME}, the weights file diffusers reads"
+        )
+
+
 def load_installed(folder: Path, index: dict, name: str) -> DiffusionPipeline:
     """A ddpm-zoo pipeline folder loaded into the installed class its index names, component by component."""
     class_name = index["_class_name"]
@@ -98,8 +106,11 @@ def load_installed(folder: Path, index: dict, name: str) -> DiffusionPipeline:
         else:
             check_weights(folder, key)
             component = getattr(diffusers, value[1])
-            safetensors_only = {"use_safetensors": True} if issubclass(component, ModelMixin) else {}
-            kwargs[key] = component.from_pretrained(folder / key, **safetensors_only)
+            if issubclass(component, ModelMixin):
+                check_safetensors(folder, key)
+                kwargs[key] = component.from_pretrained(folder / key, use_safetensors=True)
+            else:
+                kwargs[key] = component.from_pretrained(folder / key)
     return PIPELINE_CLASSES[class_name](**kwargs)
 
 
