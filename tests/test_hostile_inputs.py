@@ -158,6 +158,13 @@ def test_push_refuses_a_symbolic_link_it_would_upload(tmp_path, capsys, link):
     assert secret.read_text() == "hf_secret" and (folder / link).is_symlink()
 
 
+def test_push_refuses_a_model_card_that_is_not_utf8(tmp_path, capsys):
+    folder = saved_folder(tmp_path)
+    (folder / "README.md").write_bytes(b"---\nlicense: mit\n---\n\xff\xfe")
+    assert main(["push", str(folder), "someone/card"]) == 2
+    assert "README.md is not UTF-8 text" in one_error_line(capsys)
+
+
 def test_links_where_push_never_looks_do_not_block_it(tmp_path):
     folder = saved_folder(tmp_path)
     (folder / "checkpoint-3").mkdir()

@@ -88,17 +88,28 @@ def publishable_files(folder: str | os.PathLike) -> list[str]:
     """Check `folder` is a pipeline folder ready to publish and list the files a push uploads."""
     folder = Path(folder)
     index = read_model_index(folder)
+    allow, _ = push_patterns(index)
+    refuse_links(folder, allow)
     class_name = index.get("_class_name")
     if isinstance(class_name, list) and not (folder / f"{class_name[0]}.py").is_file():
         raise UserInputError(f"{folder}/model_index.json names custom code {class_name[0]}.py, which is missing")
     for component in pipeline_components(index):
         check_weights(folder, component)
-    if not (folder / "README.md").is_file():
+    readme = folder / "README.md"
+    if not readme.is_file():
         logger.warning("%s has no README.md: the repo will have no model card", folder)
-    allow, _ = push_patterns(index)
-    refuse_links(folder, allow)
+    elif not is_utf8(readme):
+        raise UserInputError(f"{readme} is not UTF-8 text, so the Hub cannot show it as the model card")
     every_file = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return list(filter_repo_objects(every_file, allow_patterns=allow, ignore_patterns=PUSH_IGNORE_PATTERNS))
+
+
+def is_utf8(path: Path) -> bool:
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def refuse_links(folder: Path, allow: list[str]) -> None:
