@@ -4,8 +4,12 @@ A checkpoint folder `checkpoint-<step>` holds Accelerate's state (model as safet
 learning-rate schedule, RNG states), the EMA weights as safetensors in `unet_ema/`, the autoguidance
 guide in `unet_guide/` once it has been taken, and, written last, `training_state.json` (step, training
 seconds, loss so far, the UNet's config). Only folders with that file count as checkpoints.
+
+The run's loss log `loss.csv` goes on across a resume: rows written after the checkpoint a run resumes
+from are dropped, so the log holds one row per logging step of the run's one history.
 """
 
+import csv
 import dataclasses
 import json
 import logging
@@ -26,6 +30,8 @@ GUIDE_FOLDER = "unet_guide"
 CHECKPOINT_PREFIX = "checkpoint-"
 ABANDONED_PREFIX = "abandoned-"
 EMA_FOLDER = "unet_ema"
+LOSS_LOG = "loss.csv"
+LOSS_COLUMNS = ("step", "loss", "lr", "ema_decay", "wall_seconds")
 
 logger = logging.getLogger("ddpm_zoo")
 
@@ -230,3 +236,31 @@ def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) 
 def load_guide(path: Path) -> UNet2DModel | None:
     """The autoguidance guide a checkpoint holds, or None when it was written before the guide was taken."""
     return UNet2DModel.from_pretrained(str(path / GUIDE_FOLDER)) if (path / GUIDE_FOLDER).is_dir() else None
+
+
+def start_loss_log(output_dir: Path, step: int) -> Path:
+    """The loss log a run continues from `step`: earlier rows kept, later ones (and a torn last line) dropped,
+    rewritten atomically; a run starting from step 0 gets a log holding only the header."""
+    path = output_dir / LOSS_LOG
+    rows = []
+    if path.exists():
+        with path.open(newline="") as file:
+            rows = [
+                row
+                for row in csv.DictReader(file)
+                if None not in row.values() and row["step"].isdigit() and int(row["step"]) <= step
+            ]
+    staging = path.with_name(f".{LOSS_LOG}.tmp")
+    with staging.open("w", newline="") as file:
+        writer = csv.DictWriter(file, LOSS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    staging.replace(path)
+    return path
+
+
+def append_loss_row(path: Path, step: int, loss: float, lr: float, ema_decay: float | None, seconds: float) -> None:
+    """One row of the loss log: the step, its loss, learning rate, EMA decay (empty without EMA) and the
+    training seconds so far."""
+    with path.open("a", newline="") as file:
+        csv.writer(file).writerow([step, loss, lr, "" if ema_decay is None else ema_decay, f"{seconds:.3f}"])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import LoggerType
+
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
 from ddpm_zoo.publish import check_push_target
@@ -24,7 +26,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 ATTENTION_KERNELS = ("auto", "sdpa", "classic")
-LOGGERS = ("tensorboard", "wandb", "none")
+# Every tracker Accelerate supports, "all" (those installed) and "none".
+LOGGERS = (*(kind.value for kind in LoggerType if kind is not LoggerType.ALL), "all", "none")
 SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
 POLYNOMIAL_LR_END = 1e-7  # diffusers' get_scheduler("polynomial") decays to this and needs a larger learning rate
 MAX_SEED = 2**32 - 1  # Accelerate's set_seed seeds NumPy, which takes 0..2**32 - 1
@@ -222,8 +225,18 @@ class TrainingConfig:
     sample_scheduler: str = option("dpmsolver", "sampler for the sample grids", OUTPUTS, choices=SAMPLE_SCHEDULERS)
     ddpm_num_inference_steps: int = option(50, "steps for the sample grids", OUTPUTS, valid=AT_LEAST_1)
     logging_steps: int = option(10, "read the loss (a host sync) every N steps", OUTPUTS, valid=AT_LEAST_1)
-    logger: str = option("tensorboard", "experiment tracker", OUTPUTS, choices=LOGGERS)
+    logger: str = option(
+        "tensorboard",
+        "experiment tracker (Accelerate's; 'all': every one installed) for the loss, learning rate, EMA decay, "
+        "sample grids and options",
+        OUTPUTS,
+        choices=LOGGERS,
+        aliases=("--report_to",),
+    )
     logging_dir: str = option("logs", "the tracker's folder inside --output_dir", OUTPUTS)
+    tracker_project_name: str | None = option(
+        None, "the project (run name) the trackers log under (unset: --output_dir's folder name)", OUTPUTS
+    )
     # hub
     push_to_hub: bool = option(False, "push the final pipeline folder to the Hub", HUB)
     hub_model_id: str | None = option(None, "the Hub repo to push to (unset: --output_dir's folder name)", HUB)
@@ -272,7 +285,7 @@ def load_unet_config(path: str) -> dict[str, Any]:
 
 def resolve_config(given: Mapping[str, Any], conditional: bool) -> TrainingConfig:
     """Preset defaults, then every option in `given` (those the user gave; None counts as not given);
-    derived values (output_dir, hub_model_id) filled in.
+    derived values (output_dir, tracker_project_name, hub_model_id) filled in.
 
     `--num_epochs` without `--max_train_steps` replaces the preset's step count; with both, the steps win.
     """
@@ -290,6 +303,8 @@ def resolve_config(given: Mapping[str, Any], conditional: bool) -> TrainingConfi
     if values.get("output_dir") is None:
         suffix = "-cond" if conditional and preset.name != CONDITIONAL_PRESET else ""
         values["output_dir"] = f"ddpm-{preset.name}{suffix}-output"
+    if not values.get("tracker_project_name"):
+        values["tracker_project_name"] = Path(values["output_dir"]).resolve().name
     if values.get("push_to_hub") and not values.get("hub_model_id"):  # as diffusers' example: the folder's name
         values["hub_model_id"] = Path(values["output_dir"]).resolve().name
     config = TrainingConfig(**values)

@@ -8,10 +8,8 @@ null class with probability `cond_drop_prob` (classifier-free guidance, Ho & Sal
 
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
-import logging
 import math
 import os
 import platform
@@ -26,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_zoo import data as data_lib
@@ -39,6 +39,7 @@ from ddpm_zoo.checkpoints import (
     CHECKPOINT_PREFIX,
     RUN_RECORD,
     TrainingProgress,
+    append_loss_row,
     as_json,
     check_output_dir,
     check_resumable,
@@ -48,6 +49,7 @@ from ddpm_zoo.checkpoints import (
     read_progress,
     resolve_resume_path,
     save_checkpoint,
+    start_loss_log,
     unet_config_record,
 )
 from ddpm_zoo.clustering import cluster_images
@@ -59,7 +61,10 @@ from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, save_pipeli
 from ddpm_zoo.schedulers import make_scheduler
 from ddpm_zoo.visualize import make_grid
 
-logger = logging.getLogger("ddpm_zoo")
+logger = get_logger("ddpm_zoo")  # Accelerate's: each message once, from the main process
+
+# Trackers whose `log_images` takes one image per key; TensorBoard takes an NHWC batch, the others a list.
+SINGLE_IMAGE_TRACKERS = ("aim", "clearml")
 
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
 
@@ -96,16 +101,30 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
     return unet_config
 
 
-def tracker(logger_name: str) -> str | None:
-    """The Accelerate tracker for --logger; one that is not installed is dropped with a warning (Accelerate
-    itself says so only at debug level, so a run would silently log nothing)."""
-    if logger_name == "none":
-        return None
-    modules = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}[logger_name]
-    if not any(importlib.util.find_spec(module) for module in modules):
-        logger.warning("--logger %s: %s is not installed, so no logs are written", logger_name, modules[0])
-        return None
-    return logger_name
+def warn_missing_tracker(logger_name: str, accelerator: Accelerator) -> None:
+    """Say so when the tracker asked for is not installed: Accelerate drops it, and the run logs only loss.csv."""
+    if logger_name != "none" and not accelerator.log_with:
+        logger.warning("--logger %s: %s is not installed, so only loss.csv is written", logger_name, logger_name)
+
+
+def tracker_config(values: dict) -> dict:
+    """Options as Accelerate's `init_trackers` takes them: bool, int, float and str as they are (numbers stay
+    numbers), None and anything else as JSON text."""
+    return {key: v if isinstance(v, bool | int | float | str) else json.dumps(v) for key, v in values.items()}
+
+
+def log_sample_grid(trackers: Iterable, grid: Image.Image, step: int) -> None:
+    """Send the grid through each tracker's own image logging (Accelerate's `log_images`), where it has one."""
+    image = np.asarray(grid.convert("RGB"))
+    for tracker in trackers:
+        if not hasattr(tracker, "log_images"):
+            continue
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": image[None]}, step=step, dataformats="NHWC")
+        elif tracker.name in SINGLE_IMAGE_TRACKERS:
+            tracker.log_images({"samples": image}, step=step)
+        else:
+            tracker.log_images({"samples": [image]}, step=step)
 
 
 def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
@@ -355,10 +374,11 @@ class Trainer:
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             mixed_precision=config.mixed_precision,
-            log_with=tracker(config.logger),
+            log_with=None if config.logger == "none" else config.logger,
             project_config=project,
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
+        warn_missing_tracker(config.logger, self.accelerator)
         if self.accelerator.device.type == "cpu":
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             torch.set_num_threads(config.num_cpu_threads or max(1, cores // self.accelerator.num_processes))
@@ -533,9 +553,7 @@ class Trainer:
         path = self.output_dir / "progress" / f"step-{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+        log_sample_grid(self.accelerator.trackers, grid, step)
         return path
 
     def save_final_pipeline(self, summary: dict) -> None:
@@ -641,7 +659,8 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
             (self.output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
-            accelerator.init_trackers("ddpm-zoo", config={k: str(v) for k, v in config.public_dict().items()})
+            self.loss_log = start_loss_log(self.output_dir, state.global_step)
+            accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config.public_dict()))
         self.resumed_seconds = state.train_seconds
         self.meter.restore(state)
         if resume:
@@ -703,6 +722,10 @@ class Trainer:
             progress.set_postfix(loss=f"{loss:.4f}", avg_loss=f"{meter.average:.4f}")
             logs = {"loss": loss, "avg_loss": meter.average, "lr": self.lr_scheduler.get_last_lr()[0]}
             accelerator.log({**logs, **self.ema_log()}, step=step)
+            if accelerator.is_main_process:
+                seconds = time.perf_counter() - self.start_time + self.resumed_seconds
+                decay = self.ema.cur_decay_value if self.ema is not None else None
+                append_loss_row(self.loss_log, step, loss, logs["lr"], decay, seconds)
             if signalled:
                 raise TrainingStopped(self.stop_message(step), 128 + (stop.signal_number or signal.SIGTERM))
         if due_checkpoint:
