@@ -81,3 +81,45 @@ def test_ddpm_zoo_train_takes_the_conditional_switch(capsys):
     assert "Defaults shown are those of --preset cifar10-ddpm for a class-conditional model" in " ".join(
         capsys.readouterr().out.split()
     )
+
+
+def print_config(argv: list[str], capsys) -> tuple[dict, str]:
+    assert train_main([*argv, "--print_config"], conditional=False) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+@pytest.mark.parametrize("name", ["all", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio"])
+def test_report_to_names_any_of_accelerates_trackers_as_logger_does(name, capsys):
+    assert print_config(["--report_to", name], capsys)[0]["logger"] == name
+    assert print_config(["--logger", name], capsys)[0]["logger"] == name
+
+
+def test_report_to_refuses_an_unknown_tracker(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--report_to", "tensorbord"], conditional=False)
+    assert exit_info.value.code == 2
+    assert "argument --logger/--report_to: invalid choice: 'tensorbord'" in capsys.readouterr().err
+
+
+def test_tracker_project_name_defaults_to_the_output_folders_name(capsys, tmp_path):
+    assert print_config([], capsys)[0]["tracker_project_name"] == "ddpm-mnist-tiny-output"
+    given = ["--output_dir", str(tmp_path / "runs" / "digits-a")]
+    assert print_config(given, capsys)[0]["tracker_project_name"] == "digits-a"
+    assert print_config([*given, "--tracker_project_name", "digits"], capsys)[0]["tracker_project_name"] == "digits"
+    assert "--output_dir's folder name" in help_text([], False, capsys)
+
+
+def test_options_of_diffusers_example_that_mean_nothing_here_are_accepted_with_a_note(capsys):
+    plain, _ = print_config([], capsys)
+    official = ["--enable_xformers_memory_efficient_attention", "--local_rank", "0", "--preserve_input_precision"]
+    config, err = print_config([*official, "--center_crop"], capsys)
+    assert config == plain  # nothing about the run changes
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert [note.split(" is ignored: ")[0] for note in notes] == [
+        "note: --center_crop",
+        "note: --enable_xformers_memory_efficient_attention",
+        "note: --local_rank",
+        "note: --preserve_input_precision",
+    ]
+    assert print_config([], capsys)[1] == ""  # no note without them

@@ -7,6 +7,7 @@ and exits without training (as EDM's `--dry-run`).
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,19 @@ from ddpm_zoo.presets import CONDITIONAL_PRESET, UNCONDITIONAL_PRESET
 from ddpm_zoo.training import run_training
 
 USAGE = "%(prog)s [--preset PRESET] [options]"
+
+# Options of diffusers' train_unconditional.py that mean nothing here: the value they take (None: a switch)
+# and why, printed as a note when given.
+IGNORED_OPTIONS: dict[str, tuple[type | None, str]] = {
+    "--center_crop": (None, "images are always resized (shorter side) and centre-cropped"),
+    "--enable_xformers_memory_efficient_attention": (
+        None,
+        "attention runs on PyTorch's fused scaled_dot_product_attention (memory-efficient kernels included); "
+        "--attention chooses the kernel",
+    ),
+    "--local_rank": (int, "accelerate launch gives each process its rank"),
+    "--preserve_input_precision": (None, "16-bit and float images are scaled into range, then trained as 8-bit"),
+}
 
 
 def shown(value: Any) -> str:
@@ -54,14 +68,14 @@ def add_options(parser: argparse.ArgumentParser, conditional: bool, preset: str 
             action="store_true",
             help=f"{kind.metadata['help']} (default preset {CONDITIONAL_PRESET}; without it {UNCONDITIONAL_PRESET})",
         )
-    # Accepted as in diffusers' train_unconditional.py: what the data path always does, and one refused with a hint.
-    parser.add_argument(
-        "--center_crop",
-        action="store_true",
-        default=None,
-        help="accepted as in diffusers' example; images are always resized (shorter side) and centre-cropped",
-    )
-    parser.add_argument("--save_model_epochs", type=int, help=argparse.SUPPRESS)
+    ignored = parser.add_argument_group("accepted from diffusers' train_unconditional.py and ignored")
+    for name, (kind, why) in IGNORED_OPTIONS.items():
+        dest = f"ignored_{name[2:]}"
+        if kind is None:
+            ignored.add_argument(name, dest=dest, action="store_true", default=None, help=why)
+        else:
+            ignored.add_argument(name, dest=dest, type=kind, metavar=name[2:].upper(), help=why)
+    parser.add_argument("--save_model_epochs", type=int, help=argparse.SUPPRESS)  # refused with a hint
     parser.add_argument("--print_config", action="store_true", help="print the resolved options as JSON and exit")
     parser.add_argument("-h", "--help", action="store_true", help="show this help (for the chosen --preset) and exit")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
@@ -103,6 +117,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_options(parser, False, None, subcommand=True)
 
 
+def note_ignored_options(args: argparse.Namespace) -> None:
+    """One note line for each ignored option given, from the first process only."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for name, (_, why) in IGNORED_OPTIONS.items():
+        if getattr(args, f"ignored_{name[2:]}") is not None:
+            print(f"note: {name} is ignored: {why}", file=sys.stderr)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     """The resolved configuration: the preset's defaults and the options given, checked."""
     if args.save_model_epochs is not None:
@@ -124,6 +147,7 @@ def train_command(args: argparse.Namespace) -> int:
     if args.help:
         build_parser(args.conditional, args.preset, args.prog, args.subcommand).print_help()
         return 0
+    note_ignored_options(args)
     config = config_from_args(args)
     if args.print_config:
         print(json.dumps(config.public_dict(), indent=2))
