@@ -59,7 +59,7 @@ def read_model_index(folder: Path) -> dict:
     return index
 
 
-def check_class_name(class_name, index_path: Path) -> None:
+def check_class_name(class_name: object, index_path: Path) -> None:
     """`_class_name` is a class name, or [module, class name] for a pipeline with its own code (or absent)."""
     names = class_name if isinstance(class_name, list) and len(class_name) == 2 else [class_name]
     if class_name is not None and not all(isinstance(name, str) and name for name in names):

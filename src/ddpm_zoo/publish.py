@@ -105,6 +105,7 @@ def publishable_files(folder: str | os.PathLike) -> list[str]:
 
 
 def is_utf8(path: Path) -> bool:
+    """Whether the file at `path` decodes as UTF-8."""
     try:
         path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
