@@ -102,9 +102,10 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
 
 
 def warn_missing_tracker(logger_name: str, accelerator: Accelerator) -> None:
-    """Say so when the tracker asked for is not installed: Accelerate drops it, and the run logs only loss.csv."""
+    """Say so when the tracker asked for is not installed: Accelerate drops it, and the loss goes to loss.csv only."""
     if logger_name != "none" and not accelerator.log_with:
-        logger.warning("--logger %s: %s is not installed, so only loss.csv is written", logger_name, logger_name)
+        missing = "no tracker is" if logger_name == "all" else f"{logger_name} is not"
+        logger.warning("--logger %s: %s installed, so the loss goes to loss.csv only", logger_name, missing)
 
 
 def tracker_config(values: dict) -> dict:
