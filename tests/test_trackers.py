@@ -12,6 +12,8 @@ import yaml
 from conftest import launch, tiny_training_args, write_tiny_unet_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ddpm_zoo.checkpoints import append_loss_row, start_loss_log
+
 
 def read_loss_log(folder) -> list[dict]:
     with (folder / "loss.csv").open(newline="") as file:
@@ -137,3 +139,24 @@ def test_a_custom_tracker_gets_typed_options_the_loss_and_the_grids_through_log_
     assert channels == 3 and height > 8 and width > 8
     rows = read_loss_log(output)
     assert [row["ema_decay"] for row in rows] == ["", "", "", ""]
+
+
+def test_loss_log_keeps_rows_up_to_the_resumed_step_and_drops_a_torn_line(tmp_path):
+    log = start_loss_log(tmp_path, 0)
+    for step in (2, 4, 6):
+        append_loss_row(log, step, 0.5 / step, 1e-4, 0.9, step * 1.5)
+    with log.open("a") as file:
+        file.write("8,0.0")  # the last line of a run killed while writing it
+    assert start_loss_log(tmp_path, 8) == log
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["step", "2", "4", "6"]
+    start_loss_log(tmp_path, 4)
+    assert log.read_text().splitlines() == [
+        "step,loss,lr,ema_decay,wall_seconds",
+        "2,0.25,0.0001,0.9,3.000",
+        "4,0.125,0.0001,0.9,6.000",
+    ]
+    append_loss_row(log, 6, 0.1, 1e-4, None, 9.0)  # without EMA the decay is empty
+    assert log.read_text().splitlines()[-1] == "6,0.1,0.0001,,9.000"
+    start_loss_log(tmp_path, 0)  # a run that starts over
+    assert log.read_text().splitlines() == ["step,loss,lr,ema_decay,wall_seconds"]
+    assert not list(tmp_path.glob(".*.tmp"))
