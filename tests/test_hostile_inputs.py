@@ -65,7 +65,7 @@ def test_a_decoy_safetensors_beside_a_pickle_is_refused_not_loaded(tmp_path, cap
     torch.save({name: torch.full_like(value, 7.0) for name, value in tiny_unet().state_dict().items()}, unet / "a.bin")
     (unet / "diffusion_pytorch_model.bin").write_bytes((unet / "a.bin").read_bytes())
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "decoy.safetensors")
-    assert main(["sample", str(folder), "--num_images", "1", "--num_inference_steps", "1"]) == 2
+    assert main(["sample", str(folder), "--output_dir", str(tmp_path / "samples")]) == 2
     assert "only pickle weights (a.bin, diffusion_pytorch_model.bin)" in one_error_line(capsys)
     assert main(["push", str(folder), "someone/decoy"]) == 2
     assert "only pickle weights" in one_error_line(capsys)
@@ -74,7 +74,7 @@ def test_a_decoy_safetensors_beside_a_pickle_is_refused_not_loaded(tmp_path, cap
 def test_a_model_folder_with_only_a_decoy_safetensors_is_one_error_line(tmp_path, capsys):
     folder = saved_folder(tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "decoy.safetensors")
-    assert main(["sample", str(folder), "--output", str(tmp_path / "x.png")]) == 2
+    assert main(["sample", str(folder), "--output_dir", str(tmp_path / "samples")]) == 2
     assert "unet has no diffusion_pytorch_model.safetensors" in one_error_line(capsys)
 
 
@@ -100,11 +100,11 @@ def test_the_loader_reads_the_safetensors_weights_never_a_pickle_beside_them(tmp
 def test_a_broken_model_index_is_one_error_line_for_every_command(tmp_path, capsys, content, message):
     folder = saved_folder(tmp_path)
     (folder / "model_index.json").write_bytes(content)
-    for command in (["sample", str(folder), "--output", str(tmp_path / "x.png")], ["push", str(folder), "me/x"]):
+    for command in (["sample", str(folder), "--output_dir", str(tmp_path / "samples")], ["push", str(folder), "me/x"]):
         assert main(command) == 2
         line = one_error_line(capsys)
         assert "model_index.json" in line and re.search(message, line), line
-    assert (folder / "model_index.json").read_bytes() == content and not (tmp_path / "x.png").exists()
+    assert (folder / "model_index.json").read_bytes() == content and not (tmp_path / "samples").exists()
 
 
 def test_a_decompression_bomb_is_named_or_skipped_when_decoded_in_memory(tmp_path):
