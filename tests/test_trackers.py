@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import yaml
-from conftest import launch, tiny_training_args, write_tiny_unet_config
+from conftest import REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ddpm_zoo.checkpoints import append_loss_row, start_loss_log
+from ddpm_zoo.config import options
 
 
 def read_loss_log(folder) -> list[dict]:
@@ -160,3 +161,11 @@ def test_loss_log_keeps_rows_up_to_the_resumed_step_and_drops_a_torn_line(tmp_pa
     start_loss_log(tmp_path, 0)  # a run that starts over
     assert log.read_text().splitlines() == ["step,loss,lr,ema_decay,wall_seconds"]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_default_tracker_comes_with_a_plain_install():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    default = next(spec for spec in options() if spec.name == "logger").default
+    assert default == "tensorboard"
+    assert [dep for dep in project["dependencies"] if dep.split(">")[0].split("=")[0].strip() == default]
