@@ -22,7 +22,9 @@ BASE_CARD_TEMPLATE = "base.md"
 SAMPLE_GRID = "samples/grid.png"
 SOLVER_STEPS, DDIM_STEPS = 25, 50  # the card snippet's step counts for DPM-Solver++ and DDIM, at most T
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.FunctionLoader(lambda name: resources.files(CARD_TEMPLATES).joinpath(name).read_text())
+    loader=jinja2.FunctionLoader(
+        lambda name: resources.files(CARD_TEMPLATES).joinpath(name).read_text(encoding="utf-8")
+    )
 )
 
 
@@ -233,13 +235,13 @@ def _recorded_training(folder: Path) -> dict | None:
     summary_path = folder / "training_summary.json"
     if not summary_path.exists():
         return None
-    recorded = json.loads(summary_path.read_text())
+    recorded = json.loads(summary_path.read_text(encoding="utf-8"))
     return recorded if "card" in recorded else None
 
 
 def _replace_file(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
+    staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)
 
 
@@ -276,7 +278,7 @@ def retarget_model_card(folder: Path, repo_id: str) -> None:
     readme = folder / "README.md"
     if recorded is None or recorded.get("hub_model_id") == repo_id or not readme.is_file():
         return
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     try:
         eval_results = ModelCard(text).data.eval_results
         rendered = str(_recorded_card(recorded, eval_results))
