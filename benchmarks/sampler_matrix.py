@@ -14,7 +14,9 @@ other weights (e.g. 0 and 1) for chosen cells, so the gain and the cost of guida
 """
 
 import argparse
+import datetime
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(row)
         print(format_table([row], header=len(rows) == 1), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit or None,
         "model": args.model,
         "pipeline": type(pipeline).__name__,
         "loaded_with": "DiffusionPipeline.from_pretrained(model, trust_remote_code=True)",
