@@ -170,7 +170,13 @@ class TrainingConfig:
     )
     ema_power: float = option(3 / 4, "EMA warm-up power", OPTIMISATION, valid=FINITE_POSITIVE)
     ema_max_decay: float = option(0.9999, "the EMA decay after warm-up", OPTIMISATION)
-    mixed_precision: str = option("no", "autocast precision", OPTIMISATION, choices=MIXED_PRECISION)
+    mixed_precision: str | None = option(
+        None,
+        "autocast precision (unset: accelerate's own setting where it names one, from `accelerate launch "
+        "--mixed_precision`, its config file or ACCELERATE_MIXED_PRECISION; else the preset's; else no)",
+        OPTIMISATION,
+        choices=MIXED_PRECISION,
+    )
     compile: bool = option(False, "torch.compile the UNet", OPTIMISATION)
     compile_mode: str = option(
         "default",

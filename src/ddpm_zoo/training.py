@@ -374,11 +374,12 @@ class Trainer:
         )
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
-            mixed_precision=config.mixed_precision,
+            mixed_precision=accelerator_precision(config, self.preset),
             log_with=None if config.logger == "none" else config.logger,
             project_config=project,
             cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         )
+        config.mixed_precision = self.accelerator.mixed_precision  # the effective one, for the record and card
         warn_missing_tracker(config.logger, self.accelerator)
         if self.accelerator.device.type == "cpu":
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -782,10 +783,23 @@ class Trainer:
         return f"interrupted at step {step}; saved {path}; continue with --resume_from_checkpoint latest"
 
 
+def accelerator_precision(config: TrainingConfig, preset: Preset) -> str | None:
+    """The precision to hand Accelerator: `--mixed_precision` where given; None (accelerate's own setting
+    decides) where it is unset, or where it is only the preset's and accelerate's setting
+    (ACCELERATE_MIXED_PRECISION, which `accelerate launch` sets from its flag or config file) names one."""
+    accelerate_setting = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if config.mixed_precision == preset.training.get("mixed_precision") and accelerate_setting != "no":
+        return None
+    return config.mixed_precision
+
+
 def describe_hardware(accelerator: Accelerator) -> str:
-    """E.g. "1 x NVIDIA H100 80GB HBM3" or "2 x CPU (AMD EPYC 7B13, 2 cores)"; no host names (cards are public)."""
+    """E.g. "1 x NVIDIA H100 80GB HBM3", "1 x Apple GPU (MPS)" or "2 x CPU (AMD EPYC 7B13, 2 cores)"; no host
+    names (cards are public)."""
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
+    elif accelerator.device.type == "mps":
+        name = "Apple GPU (MPS)"
     else:
         name = f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
     return f"{accelerator.num_processes} x {name}"
