@@ -8,7 +8,9 @@ import pytest
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.utils import get_session
 
+import ddpm_zoo.evaluation as ev
 from ddpm_zoo.cards import BASE_CARD_TEMPLATE, GENERIC_CARD_TEMPLATE, TrainingSummary, card_template, render_model_card
+from ddpm_zoo.evaluation.report import eval_results_for_card
 from ddpm_zoo.presets import PRESETS
 
 pytest_plugins = ["hub_server"]
@@ -57,7 +59,7 @@ def test_unconditional_card_metadata_round_trips(tmp_path):
     assert data.pipeline_tag == "unconditional-image-generation"
     assert data.license == "cc-by-sa-3.0"
     assert data.datasets == ["ylecun/mnist"]
-    assert data.tags == ["ddpm-zoo", "mnist-tiny", "diffusers", "ddpm", "mnist"]
+    assert data.tags == ["ddpm-zoo", "mnist-tiny", "diffusers", "diffusers-training", "ddpm", "mnist"]
     assert data.eval_results is None and "model-index" not in data.to_dict()
 
 
@@ -117,6 +119,28 @@ def test_eval_results_become_model_index_and_a_table(tmp_path):
     [result] = data.eval_results
     assert (result.metric_type, result.metric_value, result.dataset_type) == ("fid", 4.25, "ylecun/mnist")
     assert "| FID (digit-classifier features) | MNIST | 4.25 |" in card.text
+
+
+@pytest.mark.parametrize(
+    ("loss_curve", "urls"), [(False, ["samples/grid.png"]), (True, ["samples/grid.png", "loss.png"])]
+)
+def test_the_hub_gallery_shows_the_samples_and_the_loss_curve(tmp_path, loss_curve, urls):
+    path = tmp_path / "README.md"
+    path.write_text(str(render_model_card(dataclasses.replace(SUMMARY, loss_curve=loss_curve))))
+    widget = ModelCard.load(path).data.widget
+    assert [entry["output"]["url"] for entry in widget] == urls and all(entry["text"] for entry in widget)
+
+
+def test_the_model_index_names_the_reference_split(tmp_path):
+    document = {
+        "reference": {"dataset_type": "ylecun/mnist", "dataset_name": "MNIST (mnist-5k)", "split": "train"},
+        "results": [{"scheduler": "ddim", "num_inference_steps": 50, "recognisability": 0.9}],
+    }
+    path = tmp_path / "README.md"
+    render_model_card(SUMMARY, "tester/tiny-digits", eval_results=eval_results_for_card(document)).save(path)
+    [result] = ModelCard.load(path).data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.metric_value) == ("ylecun/mnist", "train", 0.9)
+    assert ev.digit_reference().split == "train"
 
 
 def test_card_validates_against_the_hub_api(hub_server):

@@ -20,6 +20,7 @@ CARD_TEMPLATES = "ddpm_zoo.model_cards"
 GENERIC_CARD_TEMPLATE = "generic.md"
 BASE_CARD_TEMPLATE = "base.md"
 SAMPLE_GRID = "samples/grid.png"
+LOSS_CURVE = "loss.png"
 SOLVER_STEPS, DDIM_STEPS = 25, 50  # the card snippet's step counts for DPM-Solver++ and DDIM, at most T
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FunctionLoader(
@@ -60,6 +61,7 @@ class TrainingSummary:
     beta_schedule: str = "linear"
     num_train_timesteps: int = 1000
     preset_network: bool = True
+    loss_curve: bool = False
 
     @property
     def follows_preset(self) -> bool:
@@ -96,7 +98,7 @@ def card_dataset(summary: TrainingSummary) -> tuple[str | None, DatasetInfo | No
 
 def card_tags(summary: TrainingSummary) -> list[str]:
     preset = PRESETS.get(summary.preset)
-    tags = ["ddpm-zoo", summary.preset, "diffusers", "ddpm", *(preset.tags if preset else ())]
+    tags = ["ddpm-zoo", summary.preset, "diffusers", "diffusers-training", "ddpm", *(preset.tags if preset else ())]
     return tags + (["class-conditional"] if summary.conditional else [])
 
 
@@ -178,6 +180,7 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "solver_steps": min(SOLVER_STEPS, summary.num_train_timesteps),
         "ddim_steps": min(DDIM_STEPS, summary.num_train_timesteps),
         "sample_grid": SAMPLE_GRID,
+        "loss_curve": LOSS_CURVE if summary.loss_curve else None,
         "autoguidance": summary.autoguidance_scale is not None,
         "autoguidance_scale": f"{summary.autoguidance_scale:g}" if summary.autoguidance_scale is not None else "",
         "autoguidance_guide_step": f"{summary.autoguidance_guide_step:,}" if summary.autoguidance_guide_step else "",
@@ -196,6 +199,15 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
             for r in eval_results or []
         ],
     }
+
+
+def gallery(summary: TrainingSummary) -> list[dict]:
+    """The card's `widget` entries, which the Hub shows as the model's gallery: the sample grid, and the loss
+    curve where the run drew one."""
+    entries = [{"text": "Samples from the published weights", "output": {"url": SAMPLE_GRID}}]
+    if summary.loss_curve:
+        entries.append({"text": "Training loss", "output": {"url": LOSS_CURVE}})
+    return entries
 
 
 def card_template(summary: TrainingSummary) -> str:
@@ -224,6 +236,7 @@ def render_model_card(
         tags=card_tags(summary),
         eval_results=list(eval_results) if eval_results else None,
         model_name=model_name if eval_results else None,
+        widget=gallery(summary),
     )
     template = TEMPLATES.get_template(card_template(summary))
     context = {**data.to_dict(), **card_context(summary, repo_id, eval_results)}

@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 
 from diffusers import DiffusionPipeline
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HFValidationError, HTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from ddpm_zoo.cards import retarget_model_card
+from ddpm_zoo.cards import LOSS_CURVE, SAMPLE_GRID, retarget_model_card
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import PICKLE_SUFFIXES, hub_error_message
 from ddpm_zoo.loading import check_weights, pipeline_components, read_model_index
@@ -75,10 +75,22 @@ def save_pipeline_folder(
     return output_dir
 
 
+def run_files(card: ModelCard, sample_grid: bytes, loss_curve: bytes | None, summary: dict) -> dict[str, bytes]:
+    """The files a trained pipeline folder holds beside the pipeline (the `extra_files` of
+    `save_pipeline_folder`): the model card, the sample grid, the loss curve where there is one, and
+    `training_summary.json`, which lets the card be rendered again."""
+    files = {
+        SAMPLE_GRID: sample_grid,
+        "README.md": str(card).encode(),
+        "training_summary.json": json.dumps(summary, indent=2, allow_nan=False).encode(),
+    }
+    return files | ({LOSS_CURVE: loss_curve} if loss_curve is not None else {})
+
+
 def push_patterns(index: dict) -> tuple[list[str], list[str]]:
     """(allow, delete) patterns: the pipeline's own files; stale files in its own folders are deleted."""
     folders = [*pipeline_components(index), "samples"]
-    files = ["model_index.json", "README.md"]
+    files = ["model_index.json", "README.md", LOSS_CURVE]
     if isinstance(index.get("_class_name"), list):
         files.append(f"{index['_class_name'][0]}.py")
     return files + [f"{name}/*" for name in folders], [f"{name}/*" for name in folders]
@@ -187,8 +199,8 @@ def push_pipeline_folder(
 ) -> str:
     """Upload a saved pipeline folder to the Hub repo `repo_id` (created if needed) and return the commit id.
 
-    Only the pipeline's files go (model_index.json, pipeline.py, README.md, its component folders and
-    samples/); checkpoints, logs, optimizer state, pickles and hidden folders never do. `revision` is a
+    Only the pipeline's files go (model_index.json, pipeline.py, README.md, loss.png, its component folders
+    and samples/); checkpoints, logs, optimizer state, pickles and hidden folders never do. `revision` is a
     branch, created from `main` when new. `private` creates the repo private and refuses to push to an
     existing public one. A card that training wrote for another repo id is re-rendered for this one first.
     The token is passed to huggingface_hub only; it is never logged or written.

@@ -37,6 +37,7 @@ from ddpm_zoo import data as data_lib
 from ddpm_zoo.cards import TrainingSummary, render_model_card
 from ddpm_zoo.checkpoints import (
     CHECKPOINT_PREFIX,
+    LOSS_LOG,
     RUN_RECORD,
     TrainingProgress,
     append_loss_row,
@@ -57,9 +58,9 @@ from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
-from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, save_pipeline_folder
+from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
 from ddpm_zoo.schedulers import make_scheduler
-from ddpm_zoo.visualize import make_grid
+from ddpm_zoo.visualize import loss_curve_png, make_grid
 
 logger = get_logger("ddpm_zoo")  # Accelerate's: each message once, from the main process
 
@@ -559,11 +560,12 @@ class Trainer:
         return path
 
     def save_final_pipeline(self, summary: dict) -> None:
-        """The publishable folder: EMA weights, pipeline.py, model_index.json, model card, sample grid."""
+        """The publishable folder: EMA weights, pipeline.py, model_index.json, model card, sample grid, loss curve."""
         if not self.accelerator.is_main_process:
             return
         buffer = io.BytesIO()
         self.sample_grid().save(buffer, format="PNG")
+        loss_png = loss_curve_png(self.output_dir / LOSS_LOG)
         config = self.config
         card_summary = TrainingSummary(
             preset=config.preset,
@@ -590,14 +592,11 @@ class Trainer:
             beta_schedule=config.ddpm_beta_schedule,
             num_train_timesteps=config.ddpm_num_steps,
             preset_network=self.preset_network,
+            loss_curve=loss_png is not None,
         )
         card = render_model_card(card_summary, repo_id=self.hub_repo_id)
         summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": self.hub_repo_id}
-        extra = {
-            "samples/grid.png": buffer.getvalue(),
-            "README.md": str(card).encode(),
-            "training_summary.json": json.dumps(summary, indent=2, allow_nan=False).encode(),
-        }
+        extra = run_files(card, buffer.getvalue(), loss_png, summary)
         with self.ema_weights():
             save_pipeline_folder(self.pipeline(), self.output_dir, extra_files=extra)
 

@@ -1,10 +1,12 @@
 """Pictures of the diffusion process: sample grids, forward-process strips (and the real images they start
-from), reverse-process grids and GIFs.
+from), reverse-process grids and GIFs; and the training loss curve.
 
 Images travel as tensors in model space ([-1, 1], NCHW) until they become PIL images; small images are
 enlarged with nearest-neighbour resampling so that every pixel stays a visible square.
 """
 
+import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -370,3 +372,75 @@ def reverse_animation(
     path.parent.mkdir(parents=True, exist_ok=True)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
     return path
+
+
+# ---- the loss curve ----
+
+CURVE_SIZE = (640, 360)
+CURVE_MARGIN = (64, 24, 16, 40)  # left, top, right, bottom: room for the tick labels and the title
+CURVE_BACKGROUND, CURVE_AXES = (255, 255, 255), (90, 90, 90)
+CURVE_RAW, CURVE_SMOOTH = (170, 190, 230), (20, 70, 170)
+SMOOTHING_WINDOW = 0.05  # the smoothed line averages this share of the logged steps
+
+
+def read_loss_log(path: Path, last_step: int | None = None) -> tuple[list[int], list[float]]:
+    """Steps and losses of a `loss.csv` (step, loss, ...) up to `last_step`; rows without a finite positive
+    loss are left out."""
+    steps, losses = [], []
+    if not path.is_file():
+        return steps, losses
+    with path.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            try:
+                step, loss = int(row["step"]), float(row["loss"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(loss) and loss > 0 and (last_step is None or step <= last_step):
+                steps.append(step)
+                losses.append(loss)
+    return steps, losses
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """The mean of each value and its neighbours, `window // 2` on each side (fewer at the ends)."""
+    sums, half = np.cumsum([0.0, *values]), window // 2
+    spans = [(max(0, i - half), min(len(values), i + half + 1)) for i in range(len(values))]
+    return [float(sums[stop] - sums[start]) / (stop - start) for start, stop in spans]
+
+
+def loss_curve(steps: Sequence[int], losses: Sequence[float], title: str = "training loss") -> Image.Image:
+    """The loss against the step on a log scale, raw and smoothed, with the step and loss ranges labelled."""
+    width, height = CURVE_SIZE
+    left, top, right, bottom = CURVE_MARGIN
+    image = Image.new("RGB", CURVE_SIZE, CURVE_BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = load_font(12)
+    low, high = math.log10(min(losses)), math.log10(max(losses))
+    span_y, span_x = (high - low) or 1.0, (steps[-1] - steps[0]) or 1
+
+    def point(step: int, loss: float) -> tuple[float, float]:
+        x = left + (step - steps[0]) / span_x * (width - left - right)
+        return x, top + (high - math.log10(loss)) / span_y * (height - top - bottom)
+
+    window = max(1, round(len(losses) * SMOOTHING_WINDOW))
+    draw.line([point(s, v) for s, v in zip(steps, losses, strict=True)], fill=CURVE_RAW, width=1)
+    smooth = moving_average(losses, window)
+    draw.line([point(s, v) for s, v in zip(steps, smooth, strict=True)], fill=CURVE_SMOOTH, width=2)
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill=CURVE_AXES)
+    draw.text((left - 4, top), f"{max(losses):.3g}", fill=CURVE_AXES, font=font, anchor="ra")
+    draw.text((left - 4, height - bottom), f"{min(losses):.3g}", fill=CURVE_AXES, font=font, anchor="rd")
+    draw.text((left, height - bottom + 4), f"step {steps[0]:,}", fill=CURVE_AXES, font=font, anchor="la")
+    draw.text((width - right, height - bottom + 4), f"{steps[-1]:,}", fill=CURVE_AXES, font=font, anchor="ra")
+    draw.text((width // 2, 4), f"{title} (log scale)", fill=CURVE_AXES, font=font, anchor="ma")
+    return image
+
+
+def loss_curve_png(loss_log: Path, last_step: int | None = None) -> bytes | None:
+    """The loss curve of a run's `loss.csv` (up to `last_step`) as PNG bytes, or None when it holds fewer than
+    two logged steps."""
+    steps, losses = read_loss_log(loss_log, last_step)
+    if len(steps) < 2:
+        return None
+    buffer = io.BytesIO()
+    loss_curve(steps, losses).save(buffer, format="PNG")
+    return buffer.getvalue()

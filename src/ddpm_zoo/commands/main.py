@@ -1,11 +1,11 @@
-"""`ddpm-zoo train | sample | visualize | evaluate | push`: one entry point over the command modules."""
+"""`ddpm-zoo train | sample | visualize | evaluate | push | export`: one entry point over the command modules."""
 
 import argparse
 import sys
 
-from ddpm_zoo.commands import evaluate, push, run_command, sample, train, visualize
+from ddpm_zoo.commands import evaluate, export, push, run_command, sample, train, visualize
 
-COMMANDS = (train, sample, visualize, evaluate, push)
+COMMANDS = (train, sample, visualize, evaluate, push, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

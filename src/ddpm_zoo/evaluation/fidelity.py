@@ -37,14 +37,22 @@ def inception_unavailable() -> str | None:
     return None
 
 
+def float64_device(device: torch.device | str) -> torch.device:
+    """Where float64 work runs: `device`, except on Apple MPS, which has no float64 (the CPU then)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 class InceptionMetrics:
-    """FID and KID from torchmetrics against one reference set; the real features are computed once."""
+    """FID and KID from torchmetrics against one reference set; the real features are computed once. They
+    accumulate in float64, so on MPS they run on the CPU."""
 
     def __init__(self, reference: torch.Tensor, device: torch.device | str, batch_size: int = 100):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
         weights = str(inception_weights_path())
+        device = float64_device(device)
         self.fid = FrechetInceptionDistance(
             feature=2048, reset_real_features=False, feature_extractor_weights_path=weights
         ).to(device)
@@ -99,5 +107,5 @@ def dinov2_features(
         batch = images[start : start + batch_size].to(device).float() / 255.0
         batch = batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
         batch = F.interpolate(batch, size=(224, 224), mode="bicubic", antialias=True).clamp(0, 1)
-        features.append(model(pixel_values=(batch - mean) / std).pooler_output.double().cpu())
+        features.append(model(pixel_values=(batch - mean) / std).pooler_output.cpu().double())  # no float64 on MPS
     return torch.cat(features)

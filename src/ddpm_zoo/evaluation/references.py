@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Reference:
     """The real images a model is compared with (uint8 NCHW), named for the JSON and the model card;
-    `key` identifies their digit-classifier features (the cache key of their statistics)."""
+    `key` identifies their digit-classifier features (the cache key of their statistics); `split` is the
+    dataset split they come from (None for a local folder)."""
 
     name: str
     dataset_type: str
     dataset_name: str
     images: torch.Tensor
     key: str
+    split: str | None = None
 
 
 def digit_reference(channels: int = 1) -> Reference:
@@ -51,10 +53,10 @@ def digit_reference(channels: int = 1) -> Reference:
     arrays, _ = load_mnist_5k_arrays()
     images = torch.from_numpy(arrays).unsqueeze(1)
     if channels == 1:
-        return Reference(EMBEDDED_MNIST, "ylecun/mnist", "MNIST (mnist-5k)", images, MNIST_5K_CONTENT_SHA256)
+        return Reference(EMBEDDED_MNIST, "ylecun/mnist", "MNIST (mnist-5k)", images, MNIST_5K_CONTENT_SHA256, "train")
     colored = colorize(images, torch.from_numpy(color_indices(len(images), seed=0)))
     name = "colored MNIST (mnist-5k, colorized)"
-    return Reference(EMBEDDED_MNIST, "ylecun/mnist", name, colored, MNIST_5K_CONTENT_SHA256)
+    return Reference(EMBEDDED_MNIST, "ylecun/mnist", name, colored, MNIST_5K_CONTENT_SHA256, "train")
 
 
 def dataset_reference(name: str, resolution: int, channels: int) -> Reference:
@@ -69,7 +71,9 @@ def dataset_reference(name: str, resolution: int, channels: int) -> Reference:
     decoded = decode_dataset(source, resolution, channels, convert_channels=True, skip_bad_images=True)
     digest = hashlib.sha256(decoded.images.numpy().tobytes()).hexdigest()
     shown = path.resolve().name if local else name
-    return Reference(shown, "local-folder" if local else name, shown, decoded.images, digest)
+    return Reference(
+        shown, "local-folder" if local else name, shown, decoded.images, digest, None if local else "train"
+    )
 
 
 def cache_dir() -> Path:

@@ -64,6 +64,7 @@ def results_document(model: str, rows: list[dict[str, Any]], context: Evaluation
             "name": context.reference.name,
             "dataset_type": context.reference.dataset_type,
             "dataset_name": context.reference.dataset_name,
+            "split": context.reference.split,
             "num_images": len(context.reference.images),
         },
         "digit_classifier": (
@@ -119,6 +120,7 @@ def eval_results_for_card(results: dict[str, Any] | list[dict[str, Any]], row: i
             task_type=TASK_TYPE,
             dataset_type=reference["dataset_type"],
             dataset_name=reference["dataset_name"],
+            dataset_split=reference.get("split"),
             metric_type=metric_type,
             metric_name=metric_name,
             metric_value=round(float(chosen[key]), 4),
