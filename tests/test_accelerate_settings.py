@@ -36,6 +36,7 @@ def test_mixed_precision_is_unset_by_default():
         ({"preset": "mnist-tiny"}, "fp16", None),  # the preset's bf16 yields to accelerate's fp16
         ({"preset": "mnist-tiny"}, None, "bf16"),  # and applies where accelerate names none
         ({"preset": "mnist-tiny"}, "no", "bf16"),
+        ({"preset": "mnist-tiny"}, "", "bf16"),  # set but empty: as unset
         ({"preset": "mnist-tiny", "mixed_precision": "no"}, "bf16", "no"),
     ],
 )

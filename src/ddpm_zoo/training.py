@@ -786,7 +786,7 @@ def accelerator_precision(config: TrainingConfig, preset: Preset) -> str | None:
     """The precision to hand Accelerator: `--mixed_precision` where given; None (accelerate's own setting
     decides) where it is unset, or where it is only the preset's and accelerate's setting
     (ACCELERATE_MIXED_PRECISION, which `accelerate launch` sets from its flag or config file) names one."""
-    accelerate_setting = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    accelerate_setting = (os.environ.get("ACCELERATE_MIXED_PRECISION") or "no").lower()
     if config.mixed_precision == preset.training.get("mixed_precision") and accelerate_setting != "no":
         return None
     return config.mixed_precision
