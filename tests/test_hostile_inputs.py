@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFLINE_VARIABLES, tiny_unet
+from conftest import OFFLINE_VARIABLES, launch, tiny_unet
 from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -221,3 +221,47 @@ def test_the_hub_tests_pass_when_the_caller_has_offline_mode_exported(tmp_path):
         [*command, *selected], env=env, cwd=tests.parent, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "nan", "-inf"])
+def test_an_ema_max_decay_outside_0_to_1_is_one_error_line(tmp_path, capsys, value):
+    assert main(["train", f"--ema_max_decay={value}", "--output_dir", str(tmp_path / "out")]) == 2
+    assert one_error_line(capsys) == f"error: --ema_max_decay must be in (0, 1], got {float(value)}"
+    assert not (tmp_path / "out").exists()
+    assert main(["train", "--ema_max_decay", "1", "--print_config", "--output_dir", str(tmp_path / "out")]) == 0
+
+
+TOKEN = "hf_" + "Secret" * 6
+
+
+def token_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("warning: --hub_token")]
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "comet_ml", "clearml", "all"])
+def test_a_token_option_with_a_tracker_that_records_the_command_line_is_refused(tmp_path, capsys, tracker):
+    argv = ["train", "--hub_token", TOKEN, "--report_to", tracker, "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert TOKEN not in stderr
+    warning, error = stderr.strip().splitlines()
+    assert token_warnings(stderr) == [warning] and "prefer HF_TOKEN or `hf auth login`" in warning
+    assert error == (
+        f"error: --hub_token cannot go with --logger {tracker}, which records the command line and so the token; "
+        "drop --hub_token and set HF_TOKEN or run `hf auth login`"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_only_the_launcher_repeats_a_token_option(tmp_path):
+    """A failing script makes `accelerate launch` print its command line, token included: ddpm-zoo warns
+    about that once and prints the token in none of its own lines."""
+    argv = ["--train_data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out"), "--logger", "none"]
+    result = launch("train_unconditional.py", [*argv, "--hub_token", TOKEN])
+    assert result.returncode != 0
+    assert len(token_warnings(result.stderr)) == 1  # the launcher repeats it after "RuntimeError: "
+    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}  # and the error line
+    assert errors == {f"error: --train_data_dir {tmp_path / 'nowhere'} does not exist"}
+    launcher = "returned non-zero exit status"  # accelerate's CalledProcessError, with the command line
+    assert [line for line in result.stderr.splitlines() if TOKEN in line and launcher not in line] == []

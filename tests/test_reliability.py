@@ -11,12 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
+import psutil
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_training_args, write_tiny_unet_config
+from conftest import REPO_ROOT, launch, tiny_training_args, write_tiny_unet_config
 from diffusers import UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
@@ -487,9 +489,246 @@ def test_unknown_option_value_exits_2():
 def test_config_dumps_never_hold_the_token(tmp_path, unet_config):
     output = tmp_path / "run"
     secret = "hf_" + "x" * 30
-    result = run_script([*tiny_training_args(output, unet_config, steps=1), "--hub_token", secret])
+    args = tiny_training_args(output, unet_config, steps=1, logger="tensorboard")  # the tracker records options
+    result = run_script([*args, "--hub_token", secret])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert any((output / "logs").rglob("events.out.tfevents.*"))
     for path in output.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert secret not in result.stdout + result.stderr
+    assert result.stderr.count("warning: --hub_token sits on the command line") == 1
+
+
+# ---------------------------------------------------------------- checkpoints: deleting, locking, exact resume
+
+
+def test_pruning_renames_before_deleting_so_a_kill_midway_leaves_no_checkpoint_without_weights(tmp_path, monkeypatch):
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"checkpoint-{step}" / checkpoints.STATE_FILE).write_text("{}")
+
+    def killed_midway(path, ignore_errors=False):
+        (Path(path) / "model.safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.prune_checkpoints(tmp_path, total_limit=1, newest=6)
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-6"]
+    monkeypatch.undo()
+    (tmp_path / ".checkpoint-9.tmp").mkdir()
+    checkpoints.remove_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6"]
+
+
+def test_a_resume_with_other_processes_batch_or_data_is_refused_unless_allowed(tmp_path, caplog):
+    run = {"num_processes": 1, "train_batch_size": 16, "gradient_accumulation_steps": 1, "data": {"images": 5000}}
+    (tmp_path / checkpoints.STATE_FILE).write_text(json.dumps({"global_step": 3, "num_processes": 1}))
+    checkpoints.check_exact_resume(tmp_path, run, allow_inexact=False)  # older checkpoints lack the other records
+    (tmp_path / checkpoints.STATE_FILE).write_text(json.dumps({**run, "num_processes": 2, "data": {"images": 4}}))
+    with pytest.raises(UserInputError, match=r"other settings \(num_processes 2 -> 1; data .* --allow_inexact_resume$"):
+        checkpoints.check_exact_resume(tmp_path, run, allow_inexact=False)
+    checkpoints.check_exact_resume(tmp_path, run, allow_inexact=True)
+    assert "resuming" in caplog.text and "num_processes 2 -> 1" in caplog.text
+
+
+LOCK_HOLDER = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_does_not_block_its_resume(
+    tmp_path, unet_config, finished_run
+):
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(output / checkpoints.LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    before = folder_digest(output)
+    args = tiny_training_args(output, unet_config, steps=3, resume_from_checkpoint="latest")
+    refused = run_script(args)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: --output_dir {output} is in use by another training run; wait for it to end or choose another "
+        "--output_dir"
+    )
+    assert folder_digest(output) == before
+    holder.kill()  # as SIGKILL ends a run: the OS releases its lock, the lock file stays
+    holder.wait()
+    resumed = run_script(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+# Under `accelerate launch` with two processes: rank 1 writes its RNG file late at checkpoint-3 and fails to
+# write it at checkpoint-6 (a full disk in one process).
+SLOW_THEN_FAILING_RANK = """
+import errno, os, sys, time
+import torch
+from ddpm_zoo.commands.train import main
+
+save = torch.save
+
+def rank_1_save(obj, path, *args, **kwargs):
+    if os.environ.get("RANK") == "1" and "random_states" in str(path):
+        if ".checkpoint-6.tmp" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        time.sleep(2)
+    return save(obj, path, *args, **kwargs)
+
+torch.save = rank_1_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_waits_for_every_process_and_a_failing_one_stops_all_cleanly(tmp_path, unet_config):
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLOW_THEN_FAILING_RANK)
+    output = tmp_path / "run"
+    args = tiny_training_args(output, unet_config, steps=9, checkpoints_total_limit="5", self_guidance_clusters="0")
+    result = launch(str(driver), args, num_processes=2, timeout=400)
+    assert result.returncode != 0
+    assert "writing checkpoint-6 failed" in result.stderr, result.stderr[-3000:]
+    assert sorted(p.name for p in output.glob("*checkpoint-*")) == ["checkpoint-3"]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (output / "checkpoint-3").iterdir()}
+
+    before = folder_digest(output)
+    one_process = tiny_training_args(
+        output, unet_config, steps=6, resume_from_checkpoint="latest", self_guidance_clusters="0"
+    )
+    refused = run_script(one_process)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    [message] = refused.stderr.strip().splitlines()
+    assert message.startswith(f"error: --resume_from_checkpoint {output / 'checkpoint-3'} was written by a run with")
+    assert "num_processes 2 -> 1" in message and message.endswith("or pass --allow_inexact_resume")
+    assert folder_digest(output) == before
+    inexact = run_script([*one_process, "--allow_inexact_resume"])
+    assert inexact.returncode == 0, inexact.stderr[-3000:]
+    assert (output / "model_index.json").exists()
+
+
+# ---------------------------------------------------------------- signals
+
+
+def launcher_processes() -> list[psutil.Process]:
+    return [child for child in psutil.Process().children() if "accelerate.commands.launch" in child.cmdline()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_a_signal_to_accelerate_launch_checkpoints_the_next_step_in_every_process(tmp_path, unet_config, num_processes):
+    """The loss is read every 100,000 steps: every process must still stop within a step, inside the
+    launcher's grace period, with a checkpoint of that step."""
+    output = tmp_path / "run"
+    args = tiny_training_args(output, unet_config, steps=100_000, logging_steps="100000", checkpointing_steps="100000")
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(launch, "train_unconditional.py", args, num_processes=num_processes, timeout=400)
+        deadline = time.monotonic() + 300
+        while not (output / checkpoints.LOSS_LOG).exists() and not running.done():
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        time.sleep(5)  # well into the loop
+        [launcher] = launcher_processes()
+        launcher.send_signal(signal.SIGTERM)
+        result = running.result()
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("error: interrupted at step ")]
+    step = int(message.split("interrupted at step ")[1].split(";")[0])
+    state = json.loads((output / f"checkpoint-{step}" / checkpoints.STATE_FILE).read_text())
+    assert state["global_step"] == step and state["num_processes"] == num_processes
+    saved = {p.name for p in (output / f"checkpoint-{step}").iterdir()}
+    assert {f"random_states_{rank}.pkl" for rank in range(num_processes)} <= saved
+
+
+# Sends a signal to its own process when the named function is called (before it runs, or after it returned).
+SIGNAL_WHEN_CALLED = """
+import importlib, os, sys
+from ddpm_zoo.commands.train import main
+
+target, when, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
+module_name, path = target.split(":")
+owner = importlib.import_module(module_name)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+original = getattr(owner, name)
+
+def signalled(*args, **kwargs):
+    if when == "before":
+        os.kill(os.getpid(), number)
+        return original(*args, **kwargs)
+    result = original(*args, **kwargs)
+    os.kill(os.getpid(), number)
+    return result
+
+setattr(owner, name, signalled)
+sys.exit(main(sys.argv[4:]))
+"""
+
+# phase: (function, signal before or after it runs, signal, options, complete checkpoints left); the loop
+# checkpoints every 3 steps of 4, the last checkpoint is written after it.
+OUTSIDE_THE_LOOP = {
+    "data preparation": ("ddpm_zoo.training:prepare_data", "before", signal.SIGTERM, {}, None),
+    "k-means clustering": ("ddpm_zoo.training:cluster_images", "before", signal.SIGINT, {}, None),
+    "checkpoint loading": (
+        "ddpm_zoo.training:load_checkpoint",
+        "before",
+        signal.SIGTERM,
+        {"resume_from_checkpoint": "latest"},
+        ["checkpoint-3"],
+    ),
+    "the last checkpoint": (
+        "ddpm_zoo.checkpoints:complete_checkpoint",
+        "before",
+        signal.SIGINT,
+        {"checkpointing_steps": "100", "self_guidance_clusters": "0"},
+        [],
+    ),
+    "the pipeline folder": (
+        "ddpm_zoo.pipelines:UnconditionalDDPMPipeline.save_pretrained",
+        "after",
+        signal.SIGTERM,
+        {"self_guidance_clusters": "0"},
+        ["checkpoint-3", "checkpoint-4"],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(OUTSIDE_THE_LOOP))
+def test_a_signal_outside_the_loop_is_one_line_and_leaves_nothing_half_written(
+    tmp_path, unet_config, finished_run, phase
+):
+    target, when, number, options, kept = OUTSIDE_THE_LOOP[phase]
+    output = tmp_path / "run"
+    if "resume_from_checkpoint" in options:
+        shutil.copytree(finished_run, output)
+    before = folder_digest(output) if output.exists() else None
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_WHEN_CALLED)
+    args = tiny_training_args(output, unet_config, steps=4, **options)
+    result = run_script([target, when, str(number.value), *args], script=str(driver))
+    assert result.returncode == 128 + number, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith(f"error: interrupted by {number.name}; nothing half-written was left; ")
+    if kept is None:
+        assert not output.exists()
+        return
+    assert [p.name for p in checkpoints.complete_checkpoints(output)] == kept
+    where = f"the last complete checkpoint is {output / kept[-1]}" if kept else "no checkpoint was completed"
+    assert errors[0].endswith(where)
+    if before is not None:
+        assert folder_digest(output) == before
+    else:
+        assert not list(output.glob(".*tmp*")) and not (output / "model_index.json").exists()

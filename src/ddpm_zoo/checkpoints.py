@@ -3,7 +3,12 @@
 A checkpoint folder `checkpoint-<step>` holds Accelerate's state (model as safetensors, optimizer,
 learning-rate schedule, RNG states), the EMA weights as safetensors in `unet_ema/`, the autoguidance
 guide in `unet_guide/` once it has been taken, and, written last, `training_state.json` (step, training
-seconds, loss so far, the UNet's config). Only folders with that file count as checkpoints.
+seconds, loss so far, the UNet's config, what an exact resume needs). Only folders with that file count as
+checkpoints. Folders are deleted by renaming them `.deleting-...` first, so a kill midway never leaves a
+checkpoint without its weights; the next run removes such leftovers and half-written staging folders.
+
+A run holds a lock on its output folder (`.ddpm_zoo.lock`, `flock`, released by the OS when the process
+ends however it ends), so two runs never train into one folder at once.
 
 The run's loss log `loss.csv` goes on across a resume: rows written after the checkpoint a run resumes
 from are dropped, so the log holds one row per logging step of the run's one history.
@@ -11,14 +16,18 @@ from are dropped, so the log holds one row per logging step of the run's one his
 
 import csv
 import dataclasses
+import fcntl
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
 
@@ -29,6 +38,10 @@ STATE_FILE = "training_state.json"
 GUIDE_FOLDER = "unet_guide"
 CHECKPOINT_PREFIX = "checkpoint-"
 ABANDONED_PREFIX = "abandoned-"
+DELETING_PREFIX = ".deleting-"
+LOCK_FILE = ".ddpm_zoo.lock"
+# What a resume must share with the run that wrote the checkpoint to continue it exactly.
+EXACT_RESUME_KEYS = ("num_processes", "train_batch_size", "gradient_accumulation_steps", "data")
 EMA_FOLDER = "unet_ema"
 LOSS_LOG = "loss.csv"
 LOSS_COLUMNS = ("step", "loss", "lr", "ema_decay", "wall_seconds")
@@ -95,7 +108,7 @@ def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, resume: 
             f"--output_dir {output_dir} already holds a training run; pass --resume_from_checkpoint latest to "
             "continue it or --overwrite_output_dir to start over"
         )
-    found = sorted(path.name for path in output_dir.iterdir())
+    found = sorted(path.name for path in output_dir.iterdir() if path.name != LOCK_FILE)
     if found:
         raise UserInputError(
             f"--output_dir {output_dir} is not empty ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) "
@@ -154,46 +167,132 @@ def check_resumable(path: Path, unet: UNet2DModel, use_ema: bool) -> None:
         )
 
 
+def check_exact_resume(path: Path, run: dict, allow_inexact: bool) -> None:
+    """Refuse, unless `allow_inexact`, a checkpoint whose run had another process count, batch size,
+    accumulation or data than `run` (EXACT_RESUME_KEYS): it would go on with another data order. Older
+    checkpoints lack some of these records and are not checked on those."""
+    recorded = read_state(path)
+    changed = [
+        f"{key} {json.dumps(recorded[key])} -> {json.dumps(run[key])}"
+        for key in EXACT_RESUME_KEYS
+        if key in recorded and as_json(recorded[key]) != as_json(run[key])
+    ]
+    if not changed:
+        return
+    if not allow_inexact:
+        raise UserInputError(
+            f"--resume_from_checkpoint {path} was written by a run with other settings ({'; '.join(changed)}), so "
+            "it would not continue exactly; resume with the same processes, --train_batch_size, "
+            "--gradient_accumulation_steps and data, or pass --allow_inexact_resume"
+        )
+    logger.warning("resuming %s inexactly, with other settings: %s", path, "; ".join(changed))
+
+
+def lock_output_dir(output_dir: Path) -> IO[str]:
+    """Create `output_dir` and lock it for this process until the returned file is closed or the process
+    ends (the OS then releases it, so a killed run never blocks its resume); a folder that another run
+    holds is refused."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = (output_dir / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserInputError(
+            f"--output_dir {output_dir} is in use by another training run; wait for it to end or choose another "
+            "--output_dir"
+        ) from None
+    return lock
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` through a hidden sibling renamed over it: readers see the old text or the new, whole."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    staging.replace(path)
+
+
+def claim_output_dir(accelerator: Accelerator, output_dir: Path) -> IO[str] | None:
+    """The main process locks `output_dir` (other processes get None); when another run holds it, every
+    process raises the same error, so none waits for a main process that gave up."""
+    lock, refusal = None, [None]
+    if accelerator.is_main_process:
+        try:
+            lock = lock_output_dir(output_dir)
+        except UserInputError as error:
+            refusal = [str(error)]
+    broadcast_object_list(refusal, from_process=0)
+    if refusal[0] is not None:
+        raise UserInputError(refusal[0])
+    return lock
+
+
+def failed_anywhere(accelerator: Accelerator, failed: bool) -> bool:
+    """Whether any process failed: a collective every process calls, so it also waits for all of them."""
+    if accelerator.num_processes == 1:
+        return failed
+    flag = torch.tensor([float(failed)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item())
+
+
+def attempt(write: Callable[[], object]) -> Exception | None:
+    """Run `write`; the error it raised, or None (safetensors and torch.save report a full disk as their own
+    errors)."""
+    try:
+        write()
+    except Exception as error:
+        return error
+    return None
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     ema: EMAModel | None,
     output_dir: Path,
     progress: TrainingProgress,
     total_limit: int | None,
-    unet_config: dict,
+    record: dict,
     guide: UNet2DModel | None = None,
 ) -> Path:
-    """Every process writes its part into `.checkpoint-<step>.tmp`; the main process then adds the EMA
-    and the state file (progress, process count, UNet config) and renames the folder into place, then
-    prunes to `total_limit`."""
+    """Every process writes its part into `.checkpoint-<step>.tmp`; once all of them have, the main process
+    adds the EMA and the state file (progress, process count, and `record`: UNet config, what an exact
+    resume needs), renames the folder into place and prunes to `total_limit`. The processes agree on the
+    outcome, so a write that fails in one of them stops all of them with nothing half-written."""
     step = progress.global_step
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     staging = output_dir / f".{CHECKPOINT_PREFIX}{step}.tmp"
     if accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
+    state = {**dataclasses.asdict(progress), "num_processes": accelerator.num_processes, **record}
     try:
-        accelerator.save_state(str(staging))
+        error = attempt(lambda: accelerator.save_state(str(staging)))
+        if not failed_anywhere(accelerator, error is not None) and accelerator.is_main_process:
+            error = attempt(lambda: complete_checkpoint(staging, final, ema, guide, state, total_limit))
+        if failed_anywhere(accelerator, error is not None):
+            reason = error or "in another process"
+            raise CheckpointWriteError(f"writing {final.name} failed ({reason})") from error
+    except BaseException:
         if accelerator.is_main_process:
-            if ema is not None:
-                ema.save_pretrained(str(staging / EMA_FOLDER))
-            if guide is not None:
-                guide.save_pretrained(str(staging / GUIDE_FOLDER))
-            state = {
-                **dataclasses.asdict(progress),
-                "num_processes": accelerator.num_processes,
-                "unet_config": unet_config,
-            }
-            (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
-            if final.exists():  # a checkpoint of the same step from a branch left by resuming from an older one
-                set_aside(final)
-            staging.rename(final)
-            prune_checkpoints(output_dir, total_limit, newest=step)
-    except Exception as error:  # safetensors and torch.save report a full disk as their own errors
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointWriteError(f"writing {final.name} failed ({error})") from error
-    accelerator.wait_for_everyone()
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     return final
+
+
+def complete_checkpoint(
+    staging: Path, final: Path, ema: EMAModel | None, guide: UNet2DModel | None, state: dict, total_limit: int | None
+) -> None:
+    """Add the main process's files to the staging folder, rename it into place (the state file last,
+    so the folder counts only once whole) and prune."""
+    if ema is not None:
+        ema.save_pretrained(str(staging / EMA_FOLDER))
+    if guide is not None:
+        guide.save_pretrained(str(staging / GUIDE_FOLDER))
+    (staging / STATE_FILE).write_text(json.dumps(state, allow_nan=False))
+    if final.exists():  # a checkpoint of the same step from a branch left by resuming from an older one
+        set_aside(final)
+    staging.rename(final)
+    prune_checkpoints(final.parent, total_limit, newest=state["global_step"])
 
 
 def set_aside(abandoned: Path) -> None:
@@ -220,7 +319,23 @@ def prune_checkpoints(output_dir: Path, total_limit: int | None, newest: int) ->
     kept = [path for path in checkpoints if checkpoint_step(path) <= newest]
     if total_limit is not None:
         for old in kept[: max(0, len(kept) - max(total_limit, 1))]:
-            shutil.rmtree(old)
+            remove_checkpoint(old)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Rename, then delete: a kill midway leaves a hidden `.deleting-` folder, never a checkpoint that still
+    counts as complete without its weights."""
+    doomed = path.with_name(f"{DELETING_PREFIX}{path.name}")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_leftovers(output_dir: Path) -> None:
+    """Delete what an interrupted run left: folders half-deleted or half-written."""
+    for leftover in [*output_dir.glob(f"{DELETING_PREFIX}*"), *output_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) -> TrainingProgress:

@@ -31,6 +31,9 @@ LOGGERS = (*(kind.value for kind in LoggerType if kind is not LoggerType.ALL), "
 SAMPLE_SCHEDULERS = ("ddpm", "ddim", "dpmsolver", "euler", "unipc")
 POLYNOMIAL_LR_END = 1e-7  # diffusers' get_scheduler("polynomial") decays to this and needs a larger learning rate
 MAX_SEED = 2**32 - 1  # Accelerate's set_seed seeds NumPy, which takes 0..2**32 - 1
+# Trackers that record the command line (wandb) or every argparse option (comet_ml, clearml), so a token given
+# as an option would be stored with the run; "all" may include them.
+COMMAND_LINE_TRACKERS = ("wandb", "comet_ml", "clearml", "all")
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,9 @@ class TrainingConfig:
         1.0, "EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power", OPTIMISATION, valid=FINITE_POSITIVE
     )
     ema_power: float = option(3 / 4, "EMA warm-up power", OPTIMISATION, valid=FINITE_POSITIVE)
-    ema_max_decay: float = option(0.9999, "the EMA decay after warm-up", OPTIMISATION)
+    ema_max_decay: float = option(
+        0.9999, "the EMA decay after warm-up", OPTIMISATION, valid=Range(lambda v: 0 < v <= 1, "in (0, 1]")
+    )
     mixed_precision: str | None = option(
         None,
         "autocast precision (unset: accelerate's own setting where it names one, from `accelerate launch "
@@ -221,6 +226,12 @@ class TrainingConfig:
     checkpointing_steps: int = option(500, "save a resumable checkpoint every N steps", OUTPUTS, valid=AT_LEAST_1)
     checkpoints_total_limit: int | None = option(2, "keep at most N checkpoints", OUTPUTS, valid=AT_LEAST_1)
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder", OUTPUTS)
+    allow_inexact_resume: bool = option(
+        False,
+        "resume a checkpoint written with another process count, batch size, accumulation or data (it goes on, "
+        "but not as the uninterrupted run would have)",
+        OUTPUTS,
+    )
     save_images_steps: int = option(500, "save a sample grid every N steps", OUTPUTS, valid=AT_LEAST_1)
     save_images_epochs: int | None = option(
         None, "save a sample grid every N epochs instead of every --save_images_steps", OUTPUTS, valid=AT_LEAST_1
@@ -359,6 +370,11 @@ def validate(config: TrainingConfig) -> None:
             f"--compile_mode {config.compile_mode} replays CUDA graphs, which reuse the gradient buffers of every "
             "micro-batch (PyTorch issues #96693, #169545): use --gradient_accumulation_steps 1 or --compile_mode "
             "default / max-autotune-no-cudagraphs"
+        )
+    if config.hub_token is not None and config.logger in COMMAND_LINE_TRACKERS:
+        raise UserInputError(
+            f"--hub_token cannot go with --logger {config.logger}, which records the command line and so the token; "
+            "drop --hub_token and set HF_TOKEN or run `hf auth login`"
         )
     if config.push_to_hub:
         check_push_target(config.hub_model_id, None)

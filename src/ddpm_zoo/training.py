@@ -13,12 +13,11 @@ import json
 import math
 import os
 import platform
-import shutil
-import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -42,16 +41,21 @@ from ddpm_zoo.checkpoints import (
     TrainingProgress,
     append_loss_row,
     as_json,
+    check_exact_resume,
     check_output_dir,
     check_resumable,
+    claim_output_dir,
     complete_checkpoints,
     load_checkpoint,
     load_guide,
     read_progress,
+    remove_checkpoint,
+    remove_leftovers,
     resolve_resume_path,
     save_checkpoint,
     start_loss_log,
     unet_config_record,
+    write_atomically,
 )
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
@@ -60,6 +64,7 @@ from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPi
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
 from ddpm_zoo.schedulers import make_scheduler
+from ddpm_zoo.stopping import StopRequest
 from ddpm_zoo.visualize import loss_curve_png, make_grid
 
 logger = get_logger("ddpm_zoo")  # Accelerate's: each message once, from the main process
@@ -338,26 +343,6 @@ class LossMeter:
         self.micro_batches = 0
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks, so it can checkpoint and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.signal_number = 0
-        self.previous = {}
-
-    def __enter__(self) -> "StopRequest":
-        for number in (signal.SIGINT, signal.SIGTERM):
-            self.previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def _handle(self, number: int, frame) -> None:
-        self.signal_number = number
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-
-
 class Trainer:
     """Builds the model, data, optimizer and EMA under Accelerate and runs the loop."""
 
@@ -391,8 +376,21 @@ class Trainer:
         self.labelled = config.conditional or config.self_guidance_clusters > 0
         self.unet = build_unet(unet_config, self.data.num_classes + 1 if self.labelled else None)
         self.preset_network = as_json(unet_config) == as_json(self.preset.unet)
+        self.exact_resume = {
+            "num_processes": self.accelerator.num_processes,
+            "train_batch_size": config.train_batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "data": {
+                "dataset_name": config.dataset_name,
+                "dataset_config_name": config.dataset_config_name,
+                "train_data_dir": str(Path(config.train_data_dir).resolve()) if config.train_data_dir else None,
+                "images": self.data.plan.num_samples,
+            },
+        }
+        self.lock: IO[str] | None = None
         if self.resume is not None:
             check_resumable(self.resume, self.unet, config.use_ema)
+            check_exact_resume(self.resume, self.exact_resume, config.allow_inexact_resume)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
@@ -477,7 +475,7 @@ class Trainer:
             self.output_dir,
             progress,
             self.config.checkpoints_total_limit,
-            unet_config_record(self.unet),
+            {"unet_config": unet_config_record(self.unet), **self.exact_resume},
             guide=self.guide_unet,
         )
         self.last_checkpoint_step = step
@@ -618,7 +616,7 @@ class Trainer:
         )
         self.start_time = time.perf_counter()
         self.model.train()
-        with StopRequest() as stop, contextlib.closing(progress):
+        with StopRequest(accelerator.num_processes) as stop, contextlib.closing(progress):
             for global_step in self.optimizer_steps(start_step, meter):  # noqa: B007 (used after the loop)
                 progress.update(1)
                 self.after_step(global_step, meter, progress, stop)
@@ -648,18 +646,20 @@ class Trainer:
         return summary
 
     def start(self) -> int:
-        """Load the checkpoint to resume (weights, EMA, guide, loss so far), then write the run record and
-        start the trackers, so a checkpoint that cannot be loaded leaves the folder as it was. Returns the
-        step training starts from."""
+        """Lock the output folder, load the checkpoint to resume (weights, EMA, guide, loss so far), then
+        remove what an interrupted run left, write the run record and start the trackers, so a checkpoint
+        that cannot be loaded leaves the folder as it was (but for the lock file). Returns the step
+        training starts from."""
         config, accelerator, resume = self.config, self.accelerator, self.resume
+        self.lock = claim_output_dir(accelerator, self.output_dir)  # before reading: no run prunes it meanwhile
         state = load_checkpoint(accelerator, self.ema, resume) if resume else TrainingProgress()
         if accelerator.is_main_process:
+            remove_leftovers(self.output_dir)
             if config.overwrite_output_dir and resume is None:  # ddpm-zoo's own checkpoints, no one else's
                 for stale in complete_checkpoints(self.output_dir):
-                    shutil.rmtree(stale)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+                    remove_checkpoint(stale)
             record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
-            (self.output_dir / RUN_RECORD).write_text(json.dumps(record, indent=2))
+            write_atomically(self.output_dir / RUN_RECORD, json.dumps(record, indent=2))
             self.loss_log = start_loss_log(self.output_dir, state.global_step)
             accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config.public_dict()))
         self.resumed_seconds = state.train_seconds
@@ -697,24 +697,18 @@ class Trainer:
     def after_step(self, step: int, meter: "LossMeter", progress: tqdm, stop: StopRequest) -> None:
         """Logging, health checks, checkpoints and sample grids that fall due after optimizer step `step`.
 
-        The loss is read from the device (a host sync) only every `logging_steps`. Several processes
-        agree on the loss and on a pending signal through one small all-reduce at those steps, so
-        they all stop together; a single process reacts to a signal at once.
+        The loss is read from the device (a host sync) only every `logging_steps`. A pending signal is
+        checked after every step: several processes agree on it through `StopRequest` (one integer over
+        a CPU group, no device sync), so they all checkpoint the same step and stop together.
         """
         config, accelerator = self.config, self.accelerator
         if step == self.guide_step:
             self.take_guide()
         due_log = step % config.logging_steps == 0 or step == self.max_train_steps
         due_checkpoint = step % config.checkpointing_steps == 0
-        signal_now = stop.signal_number and accelerator.num_processes == 1
-        if due_log or due_checkpoint or signal_now:
-            status = torch.stack(
-                [
-                    meter.running / meter.micro_batches,
-                    torch.tensor(float(stop.signal_number), device=meter.running.device),
-                ]
-            )
-            loss, signalled = accelerator.reduce(status, reduction="mean").tolist()
+        signalled = stop.agreed()
+        if due_log or due_checkpoint or signalled:
+            loss = accelerator.reduce(meter.running / meter.micro_batches, reduction="mean").item()
             if not math.isfinite(loss):
                 first = step - meter.steps_in_window(config) + 1
                 message = self.divergence_message(f"loss became non-finite between steps {first} and {step}")
@@ -728,7 +722,7 @@ class Trainer:
                 decay = self.ema.cur_decay_value if self.ema is not None else None
                 append_loss_row(self.loss_log, step, loss, logs["lr"], decay, seconds)
             if signalled:
-                raise TrainingStopped(self.stop_message(step), 128 + (stop.signal_number or signal.SIGTERM))
+                raise TrainingStopped(self.stop_message(step), 128 + signalled)
         if due_checkpoint:
             self.save_checkpoint(step)
         if step % self.save_images_steps == 0:
@@ -842,7 +836,11 @@ def run_training(config: TrainingConfig) -> dict:
         raise UserInputError(
             f"cannot read {error.filename}: {error.strerror}" if error.filename else str(error)
         ) from None
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    finally:
+        if trainer.lock is not None:  # the main process's lock on the output folder
+            trainer.lock.close()
     if trainer.hub_repo_id is not None and trainer.accelerator.is_main_process:
         try:
             push_pipeline_folder(

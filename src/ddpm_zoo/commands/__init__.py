@@ -12,6 +12,7 @@ from collections.abc import Callable
 from diffusers.utils import logging as diffusers_logging
 
 from ddpm_zoo.errors import TrainingStopped, UserInputError
+from ddpm_zoo.stopping import Interrupted, interrupts_as_errors
 
 USER_INPUT_EXIT_CODE = 2
 NOISY_LOGGERS = ("accelerate", "datasets", "diffusers", "httpx", "httpx2", "huggingface_hub")
@@ -27,16 +28,18 @@ def configure_logging() -> None:
 
 def run_command(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run `handler(args)`: bad input (`UserInputError`, `DataError`) is one line and exit status 2, a run
-    that stopped early (`TrainingStopped`) one line and its own status; `--debug` shows the traceback."""
+    that stopped early (`TrainingStopped`) one line and its own status, and so is SIGINT or SIGTERM
+    (`Interrupted`, 128 + the signal number); `--debug` shows the traceback."""
     configure_logging()
     try:
-        return handler(args)
+        with interrupts_as_errors():
+            return handler(args)
     except UserInputError as error:
         if getattr(args, "debug", False):
             raise
         print(f"error: {error}", file=sys.stderr)
         return USER_INPUT_EXIT_CODE
-    except TrainingStopped as stopped:
+    except (TrainingStopped, Interrupted) as stopped:
         print(f"error: {stopped}", file=sys.stderr)
         return stopped.exit_code
 

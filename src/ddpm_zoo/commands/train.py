@@ -17,6 +17,7 @@ from ddpm_zoo.commands import run_command
 from ddpm_zoo.config import TrainingConfig, option_type, options, resolve_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
 from ddpm_zoo.presets import CONDITIONAL_PRESET, UNCONDITIONAL_PRESET
+from ddpm_zoo.stopping import Interrupted
 from ddpm_zoo.training import run_training
 
 USAGE = "%(prog)s [--preset PRESET] [options]"
@@ -117,13 +118,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_options(parser, False, None, subcommand=True)
 
 
+def first_process() -> bool:
+    """True in the first process of `accelerate launch` (and in a plain run), which alone prints notes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def note_ignored_options(args: argparse.Namespace) -> None:
     """One note line for each ignored option given, from the first process only."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not first_process():
         return
     for name, (_, why) in IGNORED_OPTIONS.items():
         if getattr(args, f"ignored_{name[2:]}") is not None:
             print(f"note: {name} is ignored: {why}", file=sys.stderr)
+
+
+def warn_about_token(args: argparse.Namespace) -> None:
+    """One warning line when the token is an option: ddpm-zoo never writes it out, but a command line is
+    not private."""
+    if getattr(args, "hub_token", None) is not None and first_process():
+        print(
+            "warning: --hub_token sits on the command line, which `accelerate launch` prints when the script "
+            "fails, `ps` shows and trackers such as wandb record; prefer HF_TOKEN or `hf auth login`",
+            file=sys.stderr,
+        )
+
+
+def where_checkpoints_are(output_dir: str) -> str:
+    """Where a stopped run can continue from, for its last line."""
+    kept = complete_checkpoints(Path(output_dir))
+    return f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was completed"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
@@ -148,6 +171,7 @@ def train_command(args: argparse.Namespace) -> int:
         build_parser(args.conditional, args.preset, args.prog, args.subcommand).print_help()
         return 0
     note_ignored_options(args)
+    warn_about_token(args)
     config = config_from_args(args)
     if args.print_config:
         print(json.dumps(config.public_dict(), indent=2))
@@ -157,9 +181,11 @@ def train_command(args: argparse.Namespace) -> int:
     except OSError as error:
         if getattr(args, "debug", False):
             raise
-        kept = complete_checkpoints(Path(config.output_dir))
-        where = f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was completed"
+        where = where_checkpoints_are(config.output_dir)
         raise TrainingStopped(f"cannot write to {config.output_dir}: {error.strerror or error}; {where}", 1) from None
+    except Interrupted as interrupted:
+        where = where_checkpoints_are(config.output_dir)
+        raise Interrupted(interrupted.number, f"{interrupted}; nothing half-written was left; {where}") from None
     steps, seconds = summary["global_step"], summary["wall_time_s"]
     print(f"done: {steps} steps in {seconds:.0f} s; pipeline in {config.output_dir}")
     return 0
