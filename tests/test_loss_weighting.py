@@ -7,7 +7,7 @@ import torch
 from conftest import launch, tiny_training_args, write_tiny_unet_config
 from diffusers import DDPMScheduler
 
-from ddpm_zoo.training import diffusion_loss, min_snr_weights
+from ddpm_zoo.objectives import diffusion_loss, min_snr_weights
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

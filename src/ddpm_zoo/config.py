@@ -16,6 +16,7 @@ from typing import Any
 from accelerate.utils import LoggerType
 
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.objectives import VARIANCE_TYPES
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
 from ddpm_zoo.publish import check_push_target
 
@@ -112,6 +113,13 @@ class TrainingConfig:
     ddpm_num_steps: int = option(1000, "steps of the noise schedule (T)", MODEL, valid=AT_LEAST_1)
     ddpm_beta_schedule: str = option("linear", "beta schedule", MODEL, choices=BETA_SCHEDULES)
     prediction_type: str = option("epsilon", "what the network predicts", MODEL, choices=PREDICTION_TYPES)
+    variance_type: str = option(
+        "fixed_small",
+        "reverse-process variance: fixed_small (beta~_t) or fixed_large (beta_t), or learned_range, learned with "
+        "Improved DDPM's hybrid loss (the UNet outputs twice the image channels)",
+        MODEL,
+        choices=VARIANCE_TYPES,
+    )
     snr_gamma: float | None = option(
         None,
         "Min-SNR-gamma loss weighting (Hang et al., 2023; 5.0 is their choice); unset: plain MSE",

@@ -2,8 +2,10 @@
 
 Each optimizer step minimises the DDPM "simple" objective (Ho et al., 2020, eq. 14),
 || target - model(x_t, t[, c]) ||^2 with x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (eq. 4),
-where the target is eps, v (Salimans & Ho, 2022) or x_0. Conditional runs replace the label with a
-null class with probability `cond_drop_prob` (classifier-free guidance, Ho & Salimans, 2022).
+where the target is eps, v (Salimans & Ho, 2022) or x_0; with `--variance_type learned_range` the
+network also outputs its variance and the loss is Improved DDPM's hybrid L_simple + lambda L_vlb
+(`ddpm_zoo.objectives`). Conditional runs replace the label with a null class with probability
+`cond_drop_prob` (classifier-free guidance, Ho & Salimans, 2022).
 """
 
 import contextlib
@@ -21,14 +23,13 @@ from typing import IO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -60,6 +61,7 @@ from ddpm_zoo.checkpoints import (
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
+from ddpm_zoo.objectives import DiffusionTerms, diffusion_loss, hybrid_loss, min_snr_weights, training_target
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
@@ -99,6 +101,8 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
     if config.resolution is not None:
         unet_config["sample_size"] = config.resolution
     unet_config.setdefault("sample_size", 32)
+    if config.variance_type == "learned_range":  # the mean and the variance interpolation (Improved DDPM eq. 15)
+        unet_config["out_channels"] = 2 * unet_config.get("in_channels", 3)
     factor = 2 ** (len(unet_config.get("block_out_channels", (0,) * 4)) - 1)
     if unet_config["sample_size"] % factor:
         raise UserInputError(
@@ -281,39 +285,6 @@ def step_seed(seed: int, step: int, micro_step: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro_step, process_index]).generate_state(1, np.uint64)[0])
 
 
-def training_target(
-    scheduler: DDPMScheduler, prediction_type: str, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """eps (eq. 14), v = sqrt(abar) eps - sqrt(1 - abar) x_0, or x_0 itself."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return scheduler.get_velocity(clean, noise, t)
-    return clean
-
-
-def min_snr_weights(scheduler: DDPMScheduler, prediction_type: str, gamma: float) -> torch.Tensor:
-    """Per-timestep loss weights of Min-SNR-gamma (Hang et al., 2023, eq. 9), SNR(t) = abar / (1 - abar),
-    expressed for the regressed target: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v, as is for x_0."""
-    snr = compute_snr(scheduler, torch.arange(scheduler.config.num_train_timesteps))
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        return clipped / snr
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped
-
-
-def diffusion_loss(
-    prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None
-) -> torch.Tensor:
-    """Mean squared error in fp32 (eq. 14); with `weights`, each image's error is scaled by weights[t]."""
-    if weights is None:
-        return F.mse_loss(prediction.float(), target.float())
-    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_image * weights[t]).mean()
-
-
 @dataclass
 class LossMeter:
     """Loss summed on the device between reads, and the running average of what was read."""
@@ -395,7 +366,17 @@ class Trainer:
             num_train_timesteps=config.ddpm_num_steps,
             beta_schedule=config.ddpm_beta_schedule,
             prediction_type=config.prediction_type,
-            **{k: v for k, v in self.preset.scheduler.items() if k not in ("num_train_timesteps", "beta_schedule")},
+            variance_type=config.variance_type,
+            **{
+                k: v
+                for k, v in self.preset.scheduler.items()
+                if k not in ("num_train_timesteps", "beta_schedule", "variance_type")
+            },
+        )
+        self.diffusion_terms = (
+            DiffusionTerms(self.noise_scheduler, self.accelerator.device)
+            if config.variance_type == "learned_range"
+            else None
         )
         steps_per_epoch = math.ceil(self.data.plan.batches_per_epoch / config.gradient_accumulation_steps)
         self.max_train_steps = config.max_train_steps or config.num_epochs * steps_per_epoch
@@ -752,7 +733,12 @@ class Trainer:
         with accelerator.accumulate(self.model):
             prediction = self.model(noisy, t, class_labels=class_labels).sample
             target = training_target(self.noise_scheduler, config.prediction_type, clean, noise, t)
-            loss = diffusion_loss(prediction, target, t, self.loss_weights)
+            if self.diffusion_terms is None:
+                loss = diffusion_loss(prediction, target, t, self.loss_weights)
+            else:
+                loss = hybrid_loss(
+                    self.diffusion_terms, prediction, target, config.prediction_type, clean, noisy, t, self.loss_weights
+                )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)

@@ -24,11 +24,23 @@ from ddpm_zoo.evaluation import (
     update_model_card,
     write_results,
 )
+from ddpm_zoo.evaluation.likelihood import (
+    LIKELIHOOD_FILE,
+    LIKELIHOOD_IMAGES,
+    LIKELIHOOD_TIMESTEPS,
+    add_bound_to_card,
+    describe_bound,
+    likelihood_document,
+    likelihood_reference,
+    pipeline_bound,
+)
 from ddpm_zoo.evaluation.protocol import MAX_SAMPLES
 from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.loading import default_device, load_pipeline
 from ddpm_zoo.outputs import check_output_file, check_seed
 from ddpm_zoo.schedulers import SCHEDULERS
+
+MODEL_KINDS = {"auto": None, "digits": True, "other": False}  # --model_kind: digit metrics or not
 
 
 def parse_list(text: str, convert: Callable[[str], Any], option: str, check: Callable, requirement: str) -> list:
@@ -42,12 +54,12 @@ def parse_list(text: str, convert: Callable[[str], Any], option: str, check: Cal
     return values
 
 
-def output_path(model: str, output: str | None) -> Path:
+def output_path(model: str, output: str | None, name: str = RESULTS_FILE) -> Path:
     """Where the JSON goes: --output (a .json file, or a folder), else next to the model."""
     if output is not None:
         target = Path(output)
-        return target if target.suffix == ".json" else target / RESULTS_FILE
-    return Path(model) / RESULTS_FILE if Path(model).is_dir() else Path.cwd() / RESULTS_FILE
+        return target if target.suffix == ".json" else target / name
+    return Path(model) / name if Path(model).is_dir() else Path.cwd() / name
 
 
 def load_unet_pipeline(model: str, device: str | None, trust_remote_code: bool = False) -> DiffusionPipeline:
@@ -59,7 +71,10 @@ def load_unet_pipeline(model: str, device: str | None, trust_remote_code: bool =
 
 
 def run(args: argparse.Namespace) -> int:
-    """`ddpm-zoo evaluate`: sweep the requested settings, print the table, write the JSON."""
+    """`ddpm-zoo evaluate`: sweep the requested settings, print the table, write the JSON; with `--nll`, the
+    variational bound in bits per dimension instead."""
+    if args.nll:
+        return run_likelihood(args)
     schedulers = parse_list(
         args.scheduler,
         str,
@@ -90,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
             "models only"
         )
-    digits = {"auto": None, "digits": True, "other": False}[args.model_kind]
+    digits = MODEL_KINDS[args.model_kind]
     context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
     rows = sweep(
         pipeline,
@@ -107,6 +122,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"results written to {path}")
     if Path(args.model).is_dir():
         update_model_card(Path(args.model), document, card_row(rows, default_guidance_scale(pipeline)), path)
+    return 0
+
+
+def run_likelihood(args: argparse.Namespace) -> int:
+    """`ddpm-zoo evaluate --nll`: the bound on real images, printed with its standard error, written as JSON
+    and put in a trained folder's model card."""
+    if args.nll_images < 2 or args.nll_timesteps < 1 or args.batch_size < 1:
+        raise UserInputError("--nll_images must be at least 2, --nll_timesteps and --batch_size at least 1")
+    check_seed(args.seed)
+    target = output_path(args.model, args.output, LIKELIHOOD_FILE)
+    check_output_file(target)
+    pipeline = load_unet_pipeline(args.model, args.device or default_device(), args.trust_remote_code)
+    reference = likelihood_reference(pipeline, args.reference, MODEL_KINDS[args.model_kind])
+    images = reference.images[: args.nll_images]
+    estimate = pipeline_bound(pipeline, images, args.nll_timesteps, args.batch_size, args.seed)
+    print(describe_bound(estimate))
+    document = likelihood_document(args.model, estimate, reference, pipeline, args.seed)
+    path = write_results(document, target)
+    print(f"results written to {path}")
+    if Path(args.model).is_dir() and path.resolve() == (Path(args.model) / LIKELIHOOD_FILE).resolve():
+        card = add_bound_to_card(Path(args.model), document)
+        if card is not None:
+            print(f"model card updated with the bound: {card}")
     return 0
 
 
@@ -158,11 +196,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model_kind",
-        choices=("auto", "digits", "other"),
+        choices=tuple(MODEL_KINDS),
         default="auto",
         help="digit metrics or not (auto: 1/3-channel 28 px or digit class names)",
     )
     parser.add_argument("--no_extra_metrics", action="store_true", help="skip FID/KID and FD-DINOv2")
+    likelihood = parser.add_argument_group("likelihood (docs/evaluation.md)")
+    likelihood.add_argument(
+        "--nll",
+        action="store_true",
+        help=f"report the variational bound on real images in bits/dim instead of sampling (JSON: {LIKELIHOOD_FILE})",
+    )
+    likelihood.add_argument(
+        "--nll_images",
+        type=int,
+        default=LIKELIHOOD_IMAGES,
+        help=f"real images to evaluate (default {LIKELIHOOD_IMAGES}: the embedded digits' classifier test split for "
+        "digit models; --reference for others)",
+    )
+    likelihood.add_argument(
+        "--nll_timesteps",
+        type=int,
+        default=LIKELIHOOD_TIMESTEPS,
+        help=f"KL terms evaluated per image, stratified over 1..T-1 (default {LIKELIHOOD_TIMESTEPS}; T - 1 or more: "
+        "all, exact)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     add_trust_remote_code_option(parser)
     parser.set_defaults(func=run)
