@@ -216,6 +216,7 @@ def test_a_learned_variance_model_trains_samples_with_any_scheduler_and_reports_
     assert document["variance_type"] == "learned_range" and 0 < document["bits_per_dim"] < 20
     assert document["bits_per_dim"] == pytest.approx(sum(terms.values()))
     card = ModelCard.load(output / "README.md")
+    assert "| Reverse-process variance | learned (`learned_range`, Improved DDPM's hybrid loss) |" in card.text
     assert [r.metric_value for r in card.data.eval_results if r.metric_type == "bits_per_dim"] == [
         round(document["bits_per_dim"], 4)
     ]

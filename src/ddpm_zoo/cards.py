@@ -62,6 +62,7 @@ class TrainingSummary:
     num_train_timesteps: int = 1000
     preset_network: bool = True
     loss_curve: bool = False
+    variance_type: str = "fixed_small"
 
     @property
     def follows_preset(self) -> bool:
@@ -139,6 +140,7 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
         ("Published weights", "EMA of training" if summary.use_ema else "final training weights (no EMA)"),
         ("Prediction type", summary.prediction_type),
         ("Loss weighting", "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"),
+        ("Reverse-process variance", VARIANCE_SHOWN.get(summary.variance_type, summary.variance_type)),
         ("Sampling guidance", sampling_guidance(summary)),
         ("Hardware", summary.hardware),
         ("Wall time", format_duration(summary.wall_time_s)),
@@ -146,6 +148,12 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
     ]
     return [(name, str(value).replace("|", "\\|")) for name, value in rows]
 
+
+VARIANCE_SHOWN = {
+    "fixed_small": "fixed, β̃_t (`fixed_small`)",
+    "fixed_large": "fixed, β_t (`fixed_large`)",
+    "learned_range": "learned (`learned_range`, Improved DDPM's hybrid loss)",
+}
 
 PREDICTION_TARGETS = {
     "epsilon": "predicting the noise",

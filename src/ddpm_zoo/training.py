@@ -101,13 +101,19 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
     if config.resolution is not None:
         unet_config["sample_size"] = config.resolution
     unet_config.setdefault("sample_size", 32)
-    if config.variance_type == "learned_range":  # the mean and the variance interpolation (Improved DDPM eq. 15)
-        unet_config["out_channels"] = 2 * unet_config.get("in_channels", 3)
     factor = 2 ** (len(unet_config.get("block_out_channels", (0,) * 4)) - 1)
     if unet_config["sample_size"] % factor:
         raise UserInputError(
             f"--resolution {unet_config['sample_size']} is not divisible by the UNet's downsampling factor {factor}"
         )
+    return with_variance_channels(unet_config, config.variance_type)
+
+
+def with_variance_channels(unet_config: dict, variance_type: str) -> dict:
+    """A learned variance doubles the output channels: the mean and the variance interpolation (Improved DDPM
+    eq. 15)."""
+    if variance_type == "learned_range":
+        return {**unet_config, "out_channels": 2 * unet_config.get("in_channels", 3)}
     return unet_config
 
 
@@ -346,7 +352,9 @@ class Trainer:
         set_seed(config.seed)
         self.labelled = config.conditional or config.self_guidance_clusters > 0
         self.unet = build_unet(unet_config, self.data.num_classes + 1 if self.labelled else None)
-        self.preset_network = as_json(unet_config) == as_json(self.preset.unet)
+        self.preset_network = as_json(unet_config) == as_json(
+            with_variance_channels(self.preset.unet, config.variance_type)
+        )
         self.exact_resume = {
             "num_processes": self.accelerator.num_processes,
             "train_batch_size": config.train_batch_size,
@@ -572,6 +580,7 @@ class Trainer:
             num_train_timesteps=config.ddpm_num_steps,
             preset_network=self.preset_network,
             loss_curve=loss_png is not None,
+            variance_type=config.variance_type,
         )
         card = render_model_card(card_summary, repo_id=self.hub_repo_id)
         summary = {**summary, "card": dataclasses.asdict(card_summary), "hub_model_id": self.hub_repo_id}
