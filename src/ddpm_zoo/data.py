@@ -27,6 +27,7 @@ import torch
 from datasets.exceptions import DatasetGenerationError
 from PIL import Image, UnidentifiedImageError
 
+from ddpm_zoo import points as points_lib
 from ddpm_zoo.errors import DataError
 from ddpm_zoo.presets import DIGIT_NAMES
 
@@ -234,6 +235,36 @@ def load_image_source(
     feature = dataset.features.get(label_col) if label_col else None
     class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
     return ImageSource(dataset, image_col, label_col, class_names)
+
+
+def load_point_data(
+    dataset_name: str | None,
+    train_data_dir: str | None = None,
+    label_column: str | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> DecodedImages:
+    """2-D points as the in-memory path holds data: `--train_data_dir` (a table of points), else a generated
+    set by name, else a Hub dataset of points; float32 (N, 2) in place of images."""
+    if train_data_dir is not None:
+        found = points_lib.table_points(points_lib.read_table(train_data_dir, cache_dir), label_column)
+    elif dataset_name in points_lib.GENERATORS:
+        found = points_lib.generate(dataset_name, seed=seed)
+    elif dataset_name:
+        found = points_lib.table_points(load_hub_dataset(dataset_name, None, cache_dir), label_column)
+    else:
+        known = ", ".join(points_lib.GENERATORS)
+        raise DataError(f"give 2-D points with --dataset_name ({known}) or --train_data_dir")
+    if len(found.points) == 0:
+        raise DataError(f"the data set {train_data_dir or dataset_name} holds no points")
+    return DecodedImages(found.points, found.labels, found.class_names)
+
+
+def to_model_space(batch: torch.Tensor) -> torch.Tensor:
+    """A batch as the model sees it, in fp32: uint8 pixels mapped to [-1, 1], other data (points) as they are."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(127.5).sub_(1.0)
+    return batch.float()
 
 
 def channel_mode(channels: int) -> str:
