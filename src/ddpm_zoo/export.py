@@ -17,6 +17,7 @@ from ddpm_zoo.cards import TrainingSummary, render_model_card
 from ddpm_zoo.checkpoints import CHECKPOINT_PREFIX, EMA_FOLDER, GUIDE_FOLDER, LOSS_LOG, RUN_RECORD, STATE_FILE, as_json
 from ddpm_zoo.config import TrainingConfig
 from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.objectives import noise_scheduler, with_variance_channels
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import get_preset
 from ddpm_zoo.publish import run_files, save_pipeline_folder
@@ -82,21 +83,22 @@ def class_names(checkpoint: Checkpoint, num_classes: int) -> list[str]:
     return list(names) if len(names) == num_classes else [str(index) for index in range(num_classes)]
 
 
-def noise_scheduler(config: TrainingConfig) -> DDPMScheduler:
-    """The run's DDPM noise schedule: the preset's, with the run's step count, betas and prediction type."""
-    run = {
-        "num_train_timesteps": config.ddpm_num_steps,
-        "beta_schedule": config.ddpm_beta_schedule,
-        "prediction_type": config.prediction_type,
-    }
-    return DDPMScheduler(**{**get_preset(config.preset).scheduler, **run})
+def run_scheduler(config: TrainingConfig) -> DDPMScheduler:
+    """The run's noise schedule, as training built it."""
+    return noise_scheduler(
+        get_preset(config.preset).scheduler,
+        config.ddpm_num_steps,
+        config.ddpm_beta_schedule,
+        config.prediction_type,
+        config.variance_type,
+    )
 
 
 def rebuild_pipeline(checkpoint: Checkpoint) -> DiffusionPipeline:
     """The pipeline the run publishes, with the checkpoint's weights (and autoguidance guide, once taken)."""
     config = checkpoint.config
     unet = load_unet(checkpoint.state["unet_config"], checkpoint.weights)
-    scheduler = noise_scheduler(config)
+    scheduler = run_scheduler(config)
     if config.conditional:
         names = class_names(checkpoint, unet.config.num_class_embeds - 1)
         return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=",".join(names))
@@ -160,8 +162,10 @@ def card_summary(checkpoint: Checkpoint, pipeline: DiffusionPipeline, loss_curve
         use_ema=config.use_ema,
         beta_schedule=config.ddpm_beta_schedule,
         num_train_timesteps=config.ddpm_num_steps,
-        preset_network=as_json(checkpoint.state["unet_config"]) == as_json(get_preset(config.preset).unet),
+        preset_network=as_json(checkpoint.state["unet_config"])
+        == as_json(with_variance_channels(get_preset(config.preset).unet, config.variance_type)),
         loss_curve=loss_curve,
+        variance_type=config.variance_type,
     )
 
 
@@ -193,7 +197,7 @@ def export_checkpoint(checkpoint_dir: Path, output_dir: Path | None = None, devi
     check_export_dir(output_dir)
     pipeline = rebuild_pipeline(checkpoint).to(device)
     grid = sample_grid_png(pipeline, checkpoint.config)
-    pipeline.scheduler = noise_scheduler(checkpoint.config)
+    pipeline.scheduler = run_scheduler(checkpoint.config)
     loss_png = loss_curve_png(checkpoint.path.parent / LOSS_LOG, last_step=checkpoint.step)
     summary = card_summary(checkpoint, pipeline, loss_curve=loss_png is not None)
     record = {"global_step": checkpoint.step, "exported_from": checkpoint.path.name}

@@ -22,6 +22,32 @@ HYBRID_VLB_WEIGHT = 1e-3  # lambda of L_hybrid (Nichol & Dhariwal, 2021, Sec. 3.
 BINS = 255  # 8-bit images: x_0 in [-1, 1] on 256 levels, bin half-width 1 / 255 (Ho et al., eq. 13)
 
 
+def noise_scheduler(
+    preset_schedule: dict,
+    num_train_timesteps: int,
+    beta_schedule: str,
+    prediction_type: str,
+    variance_type: str,
+) -> DDPMScheduler:
+    """The forward process a model is trained and saved with: a preset's `DDPMScheduler` config with the run's
+    step count, betas, prediction type and variance type."""
+    run = {
+        "num_train_timesteps": num_train_timesteps,
+        "beta_schedule": beta_schedule,
+        "prediction_type": prediction_type,
+        "variance_type": variance_type,
+    }
+    return DDPMScheduler(**{**preset_schedule, **run})
+
+
+def with_variance_channels(unet_config: dict, variance_type: str) -> dict:
+    """A learned variance doubles the output channels: the mean and the variance interpolation (Improved DDPM
+    eq. 15)."""
+    if variance_type == "learned_range":
+        return {**unet_config, "out_channels": 2 * unet_config.get("in_channels", 3)}
+    return unet_config
+
+
 def training_target(
     scheduler: DDPMScheduler, prediction_type: str, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
@@ -48,10 +74,11 @@ def min_snr_weights(scheduler: DDPMScheduler, prediction_type: str, gamma: float
 def diffusion_loss(
     prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None
 ) -> torch.Tensor:
-    """Mean squared error in fp32 (eq. 14); with `weights`, each image's error is scaled by weights[t]."""
+    """Mean squared error in fp32 (eq. 14); with `weights`, each sample's error (an image's, or a point's) is
+    scaled by weights[t]."""
     if weights is None:
         return F.mse_loss(prediction.float(), target.float())
-    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    per_image = mean_over_pixels(F.mse_loss(prediction.float(), target.float(), reduction="none"))
     return (per_image * weights[t]).mean()
 
 
@@ -147,6 +174,7 @@ class DiffusionTerms:
 
 
 def mean_over_pixels(values: torch.Tensor) -> torch.Tensor:
+    """The mean over every dimension but the batch: an image's pixels and channels, a point's coordinates."""
     return values.flatten(1).mean(dim=1)
 
 
