@@ -26,6 +26,16 @@ class DDPMPipelineBase(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
 
+    @classmethod
+    def _dict_from_json_file(cls, json_file):
+        """A saved folder names its class as ["pipeline", "<Class>"], so that plain diffusers runs its pipeline.py.
+        Called on this class, which is that code, diffusers reads the class name alone and loads the folder into
+        this class: no `trust_remote_code`, and the folder's copy of this file never runs."""
+        config = super()._dict_from_json_file(json_file)
+        if isinstance(config.get("_class_name"), list):
+            config["_class_name"] = config["_class_name"][-1]
+        return config
+
     def prepare_latents(
         self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None
     ) -> torch.Tensor:

@@ -147,3 +147,9 @@ def test_export_refuses_a_folder_that_holds_other_files(finished_run, tmp_path, 
     assert code == 2 and "is not empty" in err and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
     code, _, err = export(capsys, finished_run / "checkpoint-6", "--output_dir", finished_run)
     assert code == 2 and "is not empty" in err  # never over the run itself
+
+
+def test_sampling_a_checkpoint_points_to_export(finished_run, tmp_path, capsys):
+    code = main(["sample", str(finished_run / "checkpoint-3"), "--output_dir", str(tmp_path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"ddpm-zoo export {finished_run / 'checkpoint-3'}" in err

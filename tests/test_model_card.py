@@ -222,3 +222,21 @@ def test_the_snippets_step_counts_fit_a_model_with_fewer_timesteps(num_train_tim
     assert steps and max(steps) <= num_train_timesteps and "1000" not in snippet
     first_call = next(line for line in snippet.splitlines() if line.startswith("images = pipe("))
     assert "num_inference_steps" not in first_call
+
+
+@pytest.mark.parametrize("summary", [SUMMARY, COLORED, dataclasses.replace(SUMMARY, preset="custom")])
+def test_the_card_separates_the_code_license_from_the_weights_license(summary):
+    text = " ".join(render_model_card(summary).text.split())
+    assert "The pipeline code (`pipeline.py`) is ddpm-zoo's, under the Apache-2.0 license" in text
+    assert "the weights follow the data's license" in text
+
+
+@pytest.mark.parametrize("loss_curve", [False, True])
+def test_the_card_shows_the_loss_curve_where_the_run_drew_one(loss_curve):
+    text = render_model_card(dataclasses.replace(SUMMARY, loss_curve=loss_curve)).text
+    assert ("![Training loss](loss.png)" in text) is loss_curve
+
+
+def test_the_card_names_the_installed_class_as_a_loader():
+    text = " ".join(render_model_card(COLORED, "tester/colored-digits").text.split())
+    assert 'ClassConditionalDDPMPipeline.from_pretrained("tester/colored-digits")` (from `ddpm_zoo.pipelines`)' in text

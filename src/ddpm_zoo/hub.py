@@ -17,6 +17,8 @@ from huggingface_hub.utils import validate_repo_id
 from ddpm_zoo.errors import UserInputError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# from_pretrained's arguments that are about fetching a snapshot, handed to `snapshot_download`.
+DOWNLOAD_OPTIONS = ("cache_dir", "local_files_only", "force_download", "proxies")
 
 
 def hub_error_message(error: HTTPError | OfflineModeIsEnabled, repo_id: str) -> str:
@@ -32,14 +34,19 @@ def hub_error_message(error: HTTPError | OfflineModeIsEnabled, repo_id: str) -> 
     return message
 
 
-def download_pipeline(name_or_path: str, revision: str | None = None, token: str | None = None) -> Path:
-    """A local folder for a folder path or a Hub repo id (one snapshot of `revision`, pickles skipped)."""
+def download_pipeline(name_or_path: str, revision: str | None = None, token: str | None = None, **options) -> Path:
+    """A local folder for a folder path or a Hub repo id (one snapshot of `revision`, pickles skipped);
+    `options` are `snapshot_download`'s (DOWNLOAD_OPTIONS)."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     try:
         validate_repo_id(name_or_path)
         folder = snapshot_download(
-            name_or_path, revision=revision, token=token, ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES]
+            name_or_path,
+            revision=revision,
+            token=token,
+            ignore_patterns=[f"*{s}" for s in PICKLE_SUFFIXES],
+            **options,
         )
     except HFValidationError:
         raise UserInputError(f"{name_or_path} is neither a folder nor a Hub repo id") from None

@@ -6,10 +6,11 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
-from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, _add_variant
 
+from ddpm_zoo.checkpoints import STATE_FILE
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.hub import PICKLE_SUFFIXES, download_pipeline, first_line
+from ddpm_zoo.hub import DOWNLOAD_OPTIONS, PICKLE_SUFFIXES, download_pipeline, first_line
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.schedulers import make_scheduler
 
@@ -68,12 +69,17 @@ def check_class_name(class_name: object, index_path: Path) -> None:
         )
 
 
-def check_weights(folder: Path, component: str) -> None:
+def safetensors_names(variant: str | None = None) -> tuple[str, str]:
+    """The safetensors weights file and shard index diffusers reads (of `variant`, e.g. fp16, where given)."""
+    return _add_variant(SAFETENSORS_WEIGHTS_NAME, variant), _add_variant(SAFE_WEIGHTS_INDEX_NAME, variant)
+
+
+def check_weights(folder: Path, component: str, variant: str | None = None) -> None:
     """Refuse a component whose weights exist only as pickles: loading a pickle can run arbitrary code. A
     safetensors file counts only under the name diffusers reads, so a decoy beside a pickle is no cover."""
     files = [p for p in (folder / component).glob("*") if p.is_file()]
     pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickles and not any(p.name in (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) for p in files):
+    if pickles and not any(p.name in safetensors_names(variant) for p in files):
         raise UserInputError(
             f"{folder / component} holds only pickle weights ({', '.join(sorted(pickles))}); ddpm-zoo publishes "
             "safetensors only, since loading a pickle can run arbitrary code: re-save the pipeline with "
@@ -81,37 +87,33 @@ def check_weights(folder: Path, component: str) -> None:
         )
 
 
-def check_safetensors(folder: Path, component: str) -> None:
+def check_safetensors(folder: Path, component: str, variant: str | None = None) -> None:
     """A model component needs its weights in the safetensors file diffusers reads (or that file's index)."""
-    if not any((folder / component / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
-        raise UserInputError(
-            f"{folder / component} has no {SAFETENSORS_WEIGHTS_NAME}, the weights file diffusers reads"
-        )
+    weights, index = safetensors_names(variant)
+    if not any((folder / component / name).is_file() for name in (weights, index)):
+        raise UserInputError(f"{folder / component} has no {weights}, the weights file diffusers reads")
 
 
-def load_installed(folder: Path, index: dict, name: str) -> DiffusionPipeline:
-    """A ddpm-zoo pipeline folder loaded into the installed class its index names, component by component."""
+def check_components(folder: Path, index: dict, name: str, variant: str | None = None) -> None:
+    """Every component of a ddpm-zoo folder is a diffusers class, and its model weights are safetensors."""
+    for key in pipeline_components(index):
+        library, class_name = index[key]
+        if library is None:  # an optional component left out (e.g. no autoguidance guide_unet)
+            continue
+        if library != "diffusers":
+            raise UserInputError(f"{name}: component {key} comes from {library}, not diffusers")
+        check_weights(folder, key, variant)
+        if issubclass(getattr(diffusers, class_name), ModelMixin):
+            check_safetensors(folder, key, variant)
+
+
+def load_installed(folder: Path, index: dict, name: str, **kwargs) -> DiffusionPipeline:
+    """A ddpm-zoo pipeline folder loaded into the installed class its index names, through that class's own
+    `from_pretrained` (which runs none of the folder's code), safetensors only; `kwargs` go to it."""
+    check_components(folder, index, name, kwargs.get("variant"))
     class_name = index["_class_name"]
     class_name = class_name[-1] if isinstance(class_name, list) else class_name
-    kwargs = {}
-    for key, value in index.items():
-        if key.startswith("_"):
-            continue
-        if not is_component_entry(value):
-            kwargs[key] = value
-        elif value == [None, None]:  # an optional component left out (e.g. no autoguidance guide_unet)
-            kwargs[key] = None
-        elif value[0] != "diffusers":
-            raise UserInputError(f"{name}: component {key} comes from {value[0]}, not diffusers")
-        else:
-            check_weights(folder, key)
-            component = getattr(diffusers, value[1])
-            if issubclass(component, ModelMixin):
-                check_safetensors(folder, key)
-                kwargs[key] = component.from_pretrained(folder / key, use_safetensors=True)
-            else:
-                kwargs[key] = component.from_pretrained(folder / key)
-    return PIPELINE_CLASSES[class_name](**kwargs)
+    return PIPELINE_CLASSES[class_name].from_pretrained(folder, use_safetensors=True, **kwargs)
 
 
 def load_pipeline(
@@ -121,6 +123,7 @@ def load_pipeline(
     trust_remote_code: bool = False,
     revision: str | None = None,
     token: str | None = None,
+    **kwargs,
 ) -> DiffusionPipeline:
     """Load a pipeline folder or Hub repo (at `revision`), optionally swap in scheduler `scheduler` (same noise
     schedule, via `from_config`), and move it to `device` (default: the fastest here).
@@ -129,20 +132,25 @@ def load_pipeline(
     installed classes and diffusers' own pipelines load as usual, so no downloaded code runs; a folder
     whose `model_index.json` names other custom code needs `trust_remote_code`. Only safetensors weights
     are read: pickle weights (`.bin`, `.pt`) are refused, since unpickling can run arbitrary code.
-    (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` runs a repo's pipeline.py instead.)"""
+    (`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` runs a repo's pipeline.py instead.)
+
+    Other keyword arguments are diffusers' `from_pretrained` arguments (`torch_dtype`, `variant`, ...); the
+    download ones (`local_files_only`, `cache_dir`, `force_download`, `proxies`) apply to the snapshot."""
     path = Path(name_or_path).expanduser()
     if path.exists() and not (path / "model_index.json").is_file():
-        raise UserInputError(f"{name_or_path} is not a pipeline folder (it has no model_index.json)")
+        hint = checkpoint_hint(path)
+        raise UserInputError(f"{name_or_path} is not a pipeline folder (it has no model_index.json){hint}")
     if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise UserInputError(f"no such model folder: {name_or_path}")
-    folder = download_pipeline(str(path) if path.exists() else name_or_path, revision, token)
+    download = {key: kwargs.pop(key) for key in DOWNLOAD_OPTIONS if key in kwargs}
+    folder = download_pipeline(str(path) if path.exists() else name_or_path, revision, token, **download)
     index = read_model_index(folder)
     class_name = index.get("_class_name")
     custom_code = isinstance(class_name, list)
     class_name = class_name[-1] if custom_code else class_name
     try:
         if class_name in PIPELINE_CLASSES:
-            pipeline = load_installed(folder, index, name_or_path)
+            pipeline = load_installed(folder, index, name_or_path, **kwargs)
         elif custom_code and not trust_remote_code:
             raise UserInputError(
                 f"{name_or_path} holds custom pipeline code ({class_name}); read it, then pass --trust_remote_code "
@@ -150,7 +158,7 @@ def load_pipeline(
             )
         else:
             pipeline = DiffusionPipeline.from_pretrained(
-                folder, trust_remote_code=trust_remote_code, use_safetensors=True
+                folder, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
             )
     except (OSError, ValueError, ImportError, AttributeError, KeyError, TypeError, RecursionError) as error:
         where = "folder" if path.exists() else "Hub repo"
@@ -160,6 +168,13 @@ def load_pipeline(
     pipeline.to(device or default_device())
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def checkpoint_hint(path: Path) -> str:
+    """For a training checkpoint given as a pipeline: how to make one of it."""
+    if (path / STATE_FILE).is_file():
+        return f"; it is a training checkpoint: write its pipeline folder with `ddpm-zoo export {path}`"
+    return ""
 
 
 def _one_line(error: Exception) -> str:
