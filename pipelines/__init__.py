@@ -1,9 +1,28 @@
-"""The DiffusionPipeline subclasses that ddpm-zoo saves and publishes (see ``pipeline_ddpm_zoo.py``)."""
+"""The DiffusionPipeline subclasses that ddpm-zoo saves and publishes (see ``pipeline_ddpm_zoo.py`` and
+``pipeline_points.py``)."""
 
 from pathlib import Path
 
+from diffusers import DiffusionPipeline
+
 from .pipeline_ddpm_zoo import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from .pipeline_points import PointDiffusionPipeline, PointPipelineOutput
 
 PIPELINE_SOURCE_FILE = Path(__file__).with_name("pipeline_ddpm_zoo.py")
+POINTS_SOURCE_FILE = Path(__file__).with_name("pipeline_points.py")
 
-__all__ = ["ClassConditionalDDPMPipeline", "PIPELINE_SOURCE_FILE", "UnconditionalDDPMPipeline"]
+
+def pipeline_source_file(pipeline: DiffusionPipeline) -> Path:
+    """The self-contained file that defines `pipeline`'s class, uploaded as its folder's pipeline.py."""
+    return POINTS_SOURCE_FILE if isinstance(pipeline, PointDiffusionPipeline) else PIPELINE_SOURCE_FILE
+
+
+__all__ = [
+    "ClassConditionalDDPMPipeline",
+    "PIPELINE_SOURCE_FILE",
+    "POINTS_SOURCE_FILE",
+    "PointDiffusionPipeline",
+    "PointPipelineOutput",
+    "UnconditionalDDPMPipeline",
+    "pipeline_source_file",
+]

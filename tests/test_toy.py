@@ -4,10 +4,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin
+from diffusers.configuration_utils import register_to_config
 
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import points
 from ddpm_zoo.errors import DataError
+from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
+from ddpm_zoo.pipelines import PointDiffusionPipeline
 
 
 @pytest.mark.parametrize("name", sorted(points.GENERATORS))
@@ -63,3 +67,74 @@ def test_model_space_maps_pixels_and_keeps_points():
     assert torch.equal(data_lib.to_model_space(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
     values = torch.from_numpy(np.array([[0.25, -3.0]], dtype=np.float32))
     assert torch.equal(data_lib.to_model_space(values), values)
+
+
+class GaussianDenoiser(ModelMixin, ConfigMixin):
+    """The exact noise prediction for data N(mean, diag(std^2)), with the point denoiser's interface:
+    E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mean) / (abar std^2 + 1 - abar)."""
+
+    @register_to_config
+    def __init__(self, mean: tuple = (1.0, -0.5), std: tuple = (0.8, 0.5), in_channels: int = 2):
+        super().__init__()
+        self.register_buffer("alphas_cumprod", DDPMScheduler(clip_sample=False).alphas_cumprod.double())
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # ModelMixin wants a parameter for its dtype
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        alpha_bar = self.alphas_cumprod[torch.as_tensor(timestep).long()].reshape(-1, 1)
+        mean, var = torch.tensor(self.config.mean).double(), torch.tensor(self.config.std).double() ** 2
+        eps = (1 - alpha_bar).sqrt() * (sample.double() - alpha_bar.sqrt() * mean) / (alpha_bar * var + 1 - alpha_bar)
+        return PointDenoiserOutput(sample=eps.to(sample.dtype))
+
+
+def gaussian_pipeline() -> PointDiffusionPipeline:
+    pipeline = PointDiffusionPipeline(denoiser=GaussianDenoiser(), scheduler=DDPMScheduler(clip_sample=False))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# First-order DDIM shrinks the variance a little at 50 steps (about 7%, as in test_samplers_closed_form.py).
+@pytest.mark.parametrize(
+    "scheduler, steps, rtol",
+    [(DDPMScheduler, 1000, 0.06), (DDIMScheduler, 50, 0.12), (DPMSolverMultistepScheduler, 25, 0.06)],
+)
+def test_closed_form_denoiser_reproduces_the_gaussian_under_any_scheduler(one_thread, scheduler, steps, rtol):
+    """Swapped in the plain way (`from_config`), each scheduler turns the exact denoiser into samples of the data."""
+    pipeline = gaussian_pipeline()
+    pipeline.scheduler = scheduler.from_config(pipeline.scheduler.config)
+    found = pipeline(batch_size=4000, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).points
+    assert found.shape == (4000, 2) and found.dtype == np.float32
+    np.testing.assert_allclose(found.mean(axis=0), [1.0, -0.5], atol=0.04)
+    np.testing.assert_allclose(found.std(axis=0), [0.8, 0.5], rtol=rtol)
+
+
+def test_point_pipeline_output_types_callback_and_guidance(one_thread):
+    torch.manual_seed(0)
+    denoiser = PointDenoiser(hidden_size=16, num_blocks=1, time_embedding_dim=8, num_class_embeds=3)
+    pipeline = PointDiffusionPipeline(denoiser, DDIMScheduler(clip_sample=False), class_names="left,right")
+    pipeline.set_progress_bar_config(disable=True)
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append(tensors["latents"].shape)
+        return tensors
+
+    out = pipeline(
+        class_labels=["left", 1, "RIGHT"], num_inference_steps=4, output_type="pt", callback_on_step_end=callback
+    )
+    assert isinstance(out.points, torch.Tensor) and out.points.shape == (3, 2)
+    assert seen == [(3, 2)] * 4
+    assert pipeline(class_labels=0, batch_size=5, num_inference_steps=2, return_dict=False)[0].shape == (5, 2)
+    assert pipeline(batch_size=6, num_inference_steps=2).points.shape == (6, 2)  # the null class: unconditional
+    with pytest.raises(ValueError, match="Unknown class name 'up'"):
+        pipeline(class_labels="up", num_inference_steps=2)
+    with pytest.raises(ValueError, match="'np' or 'pt'"):
+        pipeline(batch_size=2, output_type="pil")
+
+
+def test_point_denoiser_takes_what_a_unet_takes_and_learned_variance_doubles_the_output():
+    model = PointDenoiser(out_channels=4, num_class_embeds=9)
+    x = torch.randn(5, 2)
+    assert model(x, 10, class_labels=torch.arange(5)).sample.shape == (5, 4)
+    assert model(x, torch.tensor([1.5] * 5), class_labels=torch.arange(5), return_dict=False)[0].shape == (5, 4)
+    with pytest.raises(ValueError, match="class_labels"):
+        model(x, 3)
