@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import ModelMixin, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -61,10 +61,19 @@ from ddpm_zoo.checkpoints import (
 from ddpm_zoo.clustering import cluster_images
 from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
-from ddpm_zoo.objectives import DiffusionTerms, diffusion_loss, hybrid_loss, min_snr_weights, training_target
-from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.objectives import (
+    DiffusionTerms,
+    diffusion_loss,
+    hybrid_loss,
+    min_snr_weights,
+    noise_scheduler,
+    training_target,
+    with_variance_channels,
+)
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, PointDiffusionPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
+from ddpm_zoo.scatter import scatter
 from ddpm_zoo.schedulers import make_scheduler
 from ddpm_zoo.stopping import StopRequest
 from ddpm_zoo.visualize import loss_curve_png, make_grid
@@ -93,11 +102,13 @@ class PreparedData:
 
 
 def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
-    """The preset's UNet2DModel config (or `--model_config_name_or_path`) at the chosen resolution,
-    checked against the UNet's downsampling factor."""
+    """The preset's network config (or `--model_config_name_or_path`); a UNet's at the chosen resolution,
+    checked against its downsampling factor."""
     unet_config = (
         load_unet_config(config.model_config_name_or_path) if config.model_config_name_or_path else dict(preset.unet)
     )
+    if preset.network is not UNet2DModel:
+        return with_variance_channels(unet_config, config.variance_type)
     if config.resolution is not None:
         unet_config["sample_size"] = config.resolution
     unet_config.setdefault("sample_size", 32)
@@ -107,14 +118,6 @@ def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
             f"--resolution {unet_config['sample_size']} is not divisible by the UNet's downsampling factor {factor}"
         )
     return with_variance_channels(unet_config, config.variance_type)
-
-
-def with_variance_channels(unet_config: dict, variance_type: str) -> dict:
-    """A learned variance doubles the output channels: the mean and the variance interpolation (Improved DDPM
-    eq. 15)."""
-    if variance_type == "learned_range":
-        return {**unet_config, "out_channels": 2 * unet_config.get("in_channels", 3)}
-    return unet_config
 
 
 def warn_missing_tracker(logger_name: str, accelerator: Accelerator) -> None:
@@ -144,12 +147,13 @@ def log_sample_grid(trackers: Iterable, grid: Image.Image, step: int) -> None:
             tracker.log_images({"samples": [image]}, step=step)
 
 
-def build_unet(unet_config: dict, num_class_embeds: int | None) -> UNet2DModel:
-    """A UNet2DModel; conditional models get num_classes + 1 class embeddings (the last is the null class)."""
+def build_network(network: type[ModelMixin], network_config: dict, num_class_embeds: int | None) -> ModelMixin:
+    """The preset's network (a UNet2DModel, or the toy's PointDenoiser) from its config; conditional models get
+    num_classes + 1 class embeddings (the last is the null class)."""
     try:
-        return UNet2DModel(**{**unet_config, "num_class_embeds": num_class_embeds})
+        return network(**{**network_config, "num_class_embeds": num_class_embeds})
     except (TypeError, ValueError) as error:
-        raise UserInputError(f"invalid UNet2DModel config: {error}") from None
+        raise UserInputError(f"invalid {network.__name__} config: {error}") from None
 
 
 # Largest attention score matrix per image (heads x tokens^2) for which 'auto' takes the classic kernel on CPU;
@@ -158,7 +162,9 @@ CLASSIC_ATTENTION_MAX_SCORES = 2**17
 
 
 def attention_layers(unet: UNet2DModel) -> Iterator[tuple[Attention, int]]:
-    """Every attention layer with its number of tokens (pixels at its level of the UNet)."""
+    """Every attention layer with its number of tokens (pixels at its level of the UNet); none in other networks."""
+    if not isinstance(unet, UNet2DModel):
+        return
     size = unet.config.sample_size
     pixels = size * size if isinstance(size, int) else size[0] * size[1]
     levels = len(unet.down_blocks)
@@ -194,6 +200,8 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     Conditional training needs labels in 0..num_classes-1, where num_classes comes from the dataset's
     class names, else from the preset's. Self-guidance labels each image with its k-means cluster.
     """
+    if preset.data_kind == "points":
+        return prepare_points(config, accelerator)
     source = data_lib.load_image_source(
         config.dataset_name,
         config.train_data_dir,
@@ -255,6 +263,27 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
     return PreparedData(batches, plan, class_names, cluster_sizes)
+
+
+def prepare_points(config: TrainingConfig, accelerator: Accelerator) -> PreparedData:
+    """2-D points (generated, or read from a table) held in memory; conditional training needs their labels."""
+    found = data_lib.load_point_data(
+        config.dataset_name, config.train_data_dir, config.label_column, config.seed, config.cache_dir
+    )
+    if config.self_guidance_clusters:
+        raise UserInputError("--self_guidance_clusters is for images; pass 0 for 2-D points")
+    if config.conditional and found.labels is None:
+        raise UserInputError(
+            "conditional training needs labelled points: --dataset_name eight-gaussians or two-moons, or a table "
+            "with a label column"
+        )
+    if found.labels is not None and config.conditional:
+        data_lib.check_labels(found.labels, len(found.class_names))
+    else:
+        found = dataclasses.replace(found, labels=None, class_names=())
+    plan_args = (config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
+    plan = data_lib.EpochIndexPlan(len(found.images), *plan_args)
+    return PreparedData(data_lib.InMemoryBatches(found, plan, accelerator.device), plan, found.class_names)
 
 
 def build_optimizer(
@@ -331,7 +360,7 @@ class Trainer:
         resuming = config.resume_from_checkpoint is not None
         check_output_dir(self.output_dir, config.overwrite_output_dir, resuming, self.resume)
         unet_config = resolve_unet_config(config, self.preset)
-        config.resolution = unet_config["sample_size"]
+        config.resolution = unet_config.get("sample_size")
         project = ProjectConfiguration(
             project_dir=str(self.output_dir), logging_dir=str(self.output_dir / config.logging_dir)
         )
@@ -351,7 +380,9 @@ class Trainer:
         self.data = prepare_data(config, unet_config.get("in_channels", 3), self.accelerator, self.preset)
         set_seed(config.seed)
         self.labelled = config.conditional or config.self_guidance_clusters > 0
-        self.unet = build_unet(unet_config, self.data.num_classes + 1 if self.labelled else None)
+        self.unet = build_network(
+            self.preset.network, unet_config, self.data.num_classes + 1 if self.labelled else None
+        )
         self.preset_network = as_json(unet_config) == as_json(
             with_variance_channels(self.preset.unet, config.variance_type)
         )
@@ -370,16 +401,12 @@ class Trainer:
         if self.resume is not None:
             check_resumable(self.resume, self.unet, config.use_ema)
             check_exact_resume(self.resume, self.exact_resume, config.allow_inexact_resume)
-        self.noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.ddpm_num_steps,
-            beta_schedule=config.ddpm_beta_schedule,
-            prediction_type=config.prediction_type,
-            variance_type=config.variance_type,
-            **{
-                k: v
-                for k, v in self.preset.scheduler.items()
-                if k not in ("num_train_timesteps", "beta_schedule", "variance_type")
-            },
+        self.noise_scheduler = noise_scheduler(
+            self.preset.scheduler,
+            config.ddpm_num_steps,
+            config.ddpm_beta_schedule,
+            config.prediction_type,
+            config.variance_type,
         )
         self.diffusion_terms = (
             DiffusionTerms(self.noise_scheduler, self.accelerator.device)
@@ -397,7 +424,7 @@ class Trainer:
             config.save_images_epochs * steps_per_epoch if config.save_images_epochs else config.save_images_steps
         )
         self.guide_step = guide_step(config, self.max_train_steps)
-        self.guide_unet: UNet2DModel | None = None
+        self.guide_unet: ModelMixin | None = None
         self.hub_repo_id = prepare_push_repo(config, self.accelerator)
         self.meter = LossMeter(torch.zeros((), device=self.accelerator.device))
         self._build_optimization()
@@ -415,7 +442,7 @@ class Trainer:
                 inv_gamma=config.ema_inv_gamma,
                 power=config.ema_power,
                 foreach=True,
-                model_cls=UNet2DModel,
+                model_cls=type(self.unet),
                 model_config=self.unet.config,
             )
             if config.use_ema
@@ -475,6 +502,9 @@ class Trainer:
     def pipeline(self, scheduler=None) -> UnconditionalDDPMPipeline:
         unet = self.accelerator.unwrap_model(self.model)
         scheduler = scheduler or self.noise_scheduler
+        if self.preset.data_kind == "points":
+            names = ",".join(self.data.class_names) or None
+            return PointDiffusionPipeline(denoiser=unet, scheduler=scheduler, class_names=names)
         if self.config.conditional:
             return ClassConditionalDDPMPipeline(
                 unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
@@ -494,11 +524,11 @@ class Trainer:
     def take_guide(self) -> None:
         """Keep a copy of the current EMA weights (the raw weights without EMA) as the autoguidance guide."""
         with self.ema_weights():
-            guide = UNet2DModel.from_config(self.unet.config)
+            guide = type(self.unet).from_config(self.unet.config)
             guide.load_state_dict({name: tensor.detach().float() for name, tensor in self.unet.state_dict().items()})
         self.keep_guide(guide)
 
-    def keep_guide(self, guide: UNet2DModel) -> None:
+    def keep_guide(self, guide: ModelMixin) -> None:
         """Hold `guide` frozen on the training device as the autoguidance guide."""
         self.guide_unet = guide.to(self.accelerator.device).eval().requires_grad_(False)
 
@@ -512,16 +542,17 @@ class Trainer:
         kwargs = {"generator": generator, "num_inference_steps": self.config.ddpm_num_inference_steps}
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
+        labels = [i % self.data.num_classes for i in range(count)] if self.config.conditional else None
         with self.ema_weights():
-            if self.config.conditional:
-                labels = [i % self.data.num_classes for i in range(count)]
-                images = pipeline(class_labels=labels, **kwargs).images
-                columns = self.data.num_classes
+            if self.preset.data_kind == "points":
+                found = pipeline(batch_size=None if labels else count, class_labels=labels, **kwargs).points
+                picture = scatter(found, labels, title=f"{count} samples")
+            elif labels:
+                picture = make_grid(pipeline(class_labels=labels, **kwargs).images, self.data.num_classes)
             else:
-                images = pipeline(batch_size=count, **kwargs).images
-                columns = None
+                picture = make_grid(pipeline(batch_size=count, **kwargs).images)
         model.train()
-        return make_grid(images, columns)
+        return picture
 
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[None]:
@@ -724,10 +755,10 @@ class Trainer:
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One micro-batch: noise the images (eq. 4), predict, regress the target (eq. 14)."""
         config, accelerator = self.config, self.accelerator
-        clean = images.to(accelerator.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        clean = data_lib.to_model_space(images.to(accelerator.device, non_blocking=True))
         if config.random_flip:
             flip = torch.rand(clean.shape[0], device=clean.device) < 0.5
-            clean = torch.where(flip.view(-1, 1, 1, 1), clean.flip(-1), clean)
+            clean = torch.where(flip.view(-1, *([1] * (clean.dim() - 1))), clean.flip(-1), clean)
         if config.channels_last:
             clean = clean.contiguous(memory_format=torch.channels_last)
         noise = torch.randn_like(clean)
