@@ -8,8 +8,9 @@ from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultis
 from diffusers.configuration_utils import register_to_config
 
 from ddpm_zoo import data as data_lib
-from ddpm_zoo import points
+from ddpm_zoo import point_pictures, points
 from ddpm_zoo.errors import DataError
+from ddpm_zoo.evaluation.points import mode_balance, nearest_modes, point_quality
 from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
 from ddpm_zoo.pipelines import PointDiffusionPipeline
 
@@ -138,3 +139,46 @@ def test_point_denoiser_takes_what_a_unet_takes_and_learned_variance_doubles_the
     assert model(x, torch.tensor([1.5] * 5), class_labels=torch.arange(5), return_dict=False)[0].shape == (5, 4)
     with pytest.raises(ValueError, match="class_labels"):
         model(x, 3)
+
+
+def test_energy_distance_of_the_data_sits_at_the_floor_and_a_shift_lifts_it():
+    data = points.generate("swiss-roll", 1000, 5).points.numpy()
+    at_floor = point_quality(data, "swiss-roll")
+    assert at_floor.ratio < 2
+    shifted = point_quality(data + 0.3, "swiss-roll")
+    assert shifted.ratio > 5 and shifted.near_mode is None
+
+
+def test_eight_gaussians_mode_share_balance_and_requested_mode_accuracy():
+    found = points.generate("eight-gaussians", 2000, 5)
+    quality = point_quality(found.points.numpy(), "eight-gaussians", requested=found.labels.numpy())
+    # Within 3 sigma of a 2-D Gaussian's centre lies 1 - exp(-9 / 2) = 0.989 of its mass.
+    assert quality.near_mode == pytest.approx(0.989, abs=0.006) and quality.mode_accuracy == quality.near_mode
+    assert quality.mode_balance > 0.99
+    one_mode = np.repeat(points.mode_centres()[:1], 100, axis=0)
+    assert mode_balance(nearest_modes(one_mode)[0]) == pytest.approx(1 / 8)
+    wrong = point_quality(found.points.numpy(), "eight-gaussians", requested=(found.labels.numpy() + 1) % 8)
+    assert wrong.mode_accuracy < 0.01
+
+
+def tiny_point_pipeline(out_channels: int = 2) -> PointDiffusionPipeline:
+    torch.manual_seed(0)
+    denoiser = PointDenoiser(out_channels=out_channels, hidden_size=16, num_blocks=1, time_embedding_dim=8)
+    scheduler = DDPMScheduler(clip_sample=False, variance_type="learned_range" if out_channels == 4 else "fixed_small")
+    pipeline = PointDiffusionPipeline(denoiser, scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_pictures_of_forward_and_reverse_process_field_and_learned_variance(one_thread):
+    pipeline = tiny_point_pipeline(out_channels=4)
+    data = points.generate("two-moons", 200).points.numpy()
+    assert point_pictures.forward_strip(data, pipeline.scheduler, [0, 500, 999]).size[0] > 3 * 256
+    frames = point_pictures.reverse_frames(pipeline, count=50, num_inference_steps=5)
+    assert [t for t, _ in frames][:2] == [1000, 800] and len(frames) == 6
+    assert all(found.shape == (50, 2) for _, found in frames)
+    assert point_pictures.reverse_strip(frames).size[1] > 256
+    assert point_pictures.reverse_gif(frames).startswith(b"GIF89a")
+    assert point_pictures.vector_fields(pipeline, [10, 500], grid=5).size[0] > 2 * 256
+    assert point_pictures.variance_chart(pipeline, data, points=5) is not None
+    assert point_pictures.variance_chart(tiny_point_pipeline(), data) is None
