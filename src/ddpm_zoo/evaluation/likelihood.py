@@ -138,7 +138,7 @@ def variational_bound(
         bound_per_image(predict, scheduler, batch.to(device).float() / 127.5 - 1, count, generator, batch_size)
         for batch in images.split(batch_size)
     ]
-    prior, diffusion, decoder = (torch.cat(column).double().cpu() for column in zip(*parts, strict=True))
+    prior, diffusion, decoder = (torch.cat(column).cpu().double() for column in zip(*parts, strict=True))
     total = prior + diffusion + decoder
     return BoundEstimate(
         bits_per_dim=float(total.mean()),
