@@ -641,7 +641,7 @@ def test_a_signal_to_accelerate_launch_checkpoints_the_next_step_in_every_proces
         launcher.send_signal(signal.SIGTERM)
         result = running.result()
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
-    [message] = [line for line in result.stderr.splitlines() if line.startswith("error: interrupted at step ")]
+    [message] = {line for line in result.stderr.splitlines() if line.startswith("error: interrupted at step ")}
     step = int(message.split("interrupted at step ")[1].split(";")[0])
     state = json.loads((output / f"checkpoint-{step}" / checkpoints.STATE_FILE).read_text())
     assert state["global_step"] == step and state["num_processes"] == num_processes
