@@ -63,9 +63,9 @@ def initial_noise(pipeline: PointDiffusionPipeline, count: int, seed: int) -> np
 
 def reverse_strip(frames: list[tuple[int, np.ndarray]], labels: np.ndarray | None = None) -> Image.Image:
     """The reverse process, x_T to x_0, at the forward strip's timesteps (the frame nearest each)."""
-    targets = default_forward_timesteps(frames[0][0])[::-1]
-    times = np.array([t for t, _ in frames])
-    chosen = sorted({int(np.abs(times - target).argmin()) for target in targets} | {len(frames) - 1})
+    targets = default_forward_timesteps(frames[0][0])[::-1][1:]  # x_T stands for the last one
+    times = np.array([t for t, _ in frames[1:]])
+    chosen = sorted({0, len(frames) - 1} | {1 + int(np.abs(times - target).argmin()) for target in targets})
     return strip([scatter(frames[i][1], labels, title=_frame_title(frames, i)) for i in chosen])
 
 
