@@ -5,14 +5,14 @@ buys in likelihood and in few-step ancestral sampling.
 batch, and alternates timed blocks of optimizer steps (fixed, learned, fixed, ...) so both see the same
 machine load; it reports the median seconds per step of each and their ratio.
 
-`quality` takes two trained folders of one preset (fixed and learned variance, same budget), loads each as a
+`quality` takes trained folders of one preset (fixed and learned variance, same budget), loads each as a
 user does (`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`), and measures the variational
 bound in bits/dim on the digit classifier's test split (docs/evaluation.md) and recognisability (conditional
 accuracy for class-conditional models) under ancestral DDPM at 25-1000 steps and DPM-Solver++ at 20, with the
 schedulers swapped in with plain `from_config`, at the pipeline's default guidance.
 
     python benchmarks/learned_variance.py step_cost --presets mnist-tiny,colored-mnist
-    python benchmarks/learned_variance.py quality --fixed runs/mnist-tiny --learned runs/mnist-tiny-learned
+    python benchmarks/learned_variance.py quality runs/mnist-tiny runs/mnist-tiny-learned --output NAME.json
 """
 
 import argparse
@@ -104,9 +104,8 @@ def main() -> int:
     cost.add_argument("--rounds", type=int, default=7)
     cost.add_argument("--steps", type=int, default=10)
     cost.add_argument("--output", default="learned_variance-step_cost-cpu.json")
-    scores = commands.add_parser("quality", help="bits/dim and sampling of a fixed and a learned-variance model")
-    scores.add_argument("--fixed", required=True, help="the fixed-variance run folder")
-    scores.add_argument("--learned", required=True, help="the learned-variance run folder, same preset and budget")
+    scores = commands.add_parser("quality", help="bits/dim and sampling of trained models")
+    scores.add_argument("models", nargs="+", help="run folders (fixed and learned variance, same preset and budget)")
     scores.add_argument("--num_samples", type=int, default=200)
     scores.add_argument("--batch_size", type=int, default=200)
     scores.add_argument("--nll_images", type=int, default=500)
@@ -127,7 +126,7 @@ def main() -> int:
         record["num_samples"], record["nll_images"] = args.num_samples, args.nll_images
         record["models"] = [
             quality(folder, args.num_samples, args.batch_size, args.nll_images, args.nll_timesteps)
-            for folder in (args.fixed, args.learned)
+            for folder in args.models
         ]
     print(f"written to {write_json(args.output, record)}")
     return 0
