@@ -13,7 +13,7 @@ from diffusers.configuration_utils import register_to_config
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import point_pictures, points
 from ddpm_zoo.errors import DataError
-from ddpm_zoo.evaluation.points import mode_balance, nearest_modes, point_quality
+from ddpm_zoo.evaluation.points import describe_quality, mode_balance, nearest_modes, point_quality, sample_points
 from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
 from ddpm_zoo.pipelines import PointDiffusionPipeline
 
@@ -223,3 +223,14 @@ def test_conditional_toy_needs_labelled_points(tmp_path):
     run = launch("train_conditional.py", toy_args(tmp_path / "out", dataset_name="swiss-roll"))
     assert run.returncode != 0  # accelerate launch reports the script's status 2 as its own failure
     assert "error: conditional training needs labelled points" in run.stderr
+
+
+def test_point_samples_ask_each_mode_equally_and_the_line_names_every_statistic(one_thread):
+    torch.manual_seed(0)
+    denoiser = PointDenoiser(hidden_size=16, num_blocks=1, time_embedding_dim=8, num_class_embeds=9)
+    pipeline = PointDiffusionPipeline(denoiser, DDIMScheduler(clip_sample=False))
+    pipeline.set_progress_bar_config(disable=True)
+    found, requested = sample_points(pipeline, 16, 2, 3.0, seed=0)
+    assert found.shape == (16, 2) and requested.tolist() == list(range(8)) * 2
+    line = describe_quality(point_quality(found, "eight-gaussians", requested=requested))
+    assert "x the data floor" in line and "mode balance" in line and "in the requested mode" in line

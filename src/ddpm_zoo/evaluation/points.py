@@ -68,3 +68,26 @@ def point_quality(
         if requested is not None:
             quality.mode_accuracy = float(((modes == np.asarray(requested)) & near).mean())
     return quality
+
+
+def sample_points(
+    pipeline, count: int, steps: int | None, guidance_scale: float | None, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`count` samples of a point pipeline and, for a conditional one, the modes asked for (an equal share each)."""
+    generator = torch.Generator().manual_seed(seed)
+    if not pipeline.num_classes:
+        return pipeline(batch_size=count, num_inference_steps=steps, generator=generator).points, None
+    requested = np.arange(count) % pipeline.num_classes
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    found = pipeline(class_labels=requested.tolist(), num_inference_steps=steps, generator=generator, **guidance)
+    return found.points, requested
+
+
+def describe_quality(quality: PointQuality) -> str:
+    """One line: the energy distance against its floor, and the mode statistics where there are some."""
+    line = f"energy distance {quality.energy_distance:.5f} = {quality.ratio:.2f}x the data floor {quality.floor:.5f}"
+    if quality.near_mode is not None:
+        line += f"; within 3 sigma of a mode {quality.near_mode:.3f}, mode balance {quality.mode_balance:.3f}"
+    if quality.mode_accuracy is not None:
+        line += f", in the requested mode {quality.mode_accuracy:.3f}"
+    return f"{line} (N = {quality.count})"
