@@ -500,7 +500,7 @@ class Trainer:
     # ----------------------------------------------------------------- sampling and saving
 
     def pipeline(self, scheduler=None) -> UnconditionalDDPMPipeline:
-        unet = self.accelerator.unwrap_model(self.model)
+        unet = self.unet  # the module being trained, as unwrap_model(self.model) gives it
         scheduler = scheduler or self.noise_scheduler
         if self.preset.data_kind == "points":
             names = ",".join(self.data.class_names) or None
@@ -663,6 +663,10 @@ class Trainer:
             else None,
         }
         self.save_final_pipeline(summary)
+        # Drop the DistributedDataParallel wrapper while its process group exists: freed after
+        # end_training destroys the group, its reducer can wait forever on a gloo worker thread.
+        self.model = self.optimizer = None
+        accelerator.free_memory()
         accelerator.end_training()
         return summary
 
