@@ -1,5 +1,6 @@
 """The 2-D toy: seeded point generators, tables of points, the MLP, the point pipeline and the toy runs."""
 
+import argparse
 import json
 
 import datasets
@@ -12,7 +13,8 @@ from diffusers.configuration_utils import register_to_config
 
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import point_pictures, points
-from ddpm_zoo.errors import DataError
+from ddpm_zoo.commands.points import evaluate_points, visualize_points
+from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.evaluation.points import describe_quality, mode_balance, nearest_modes, point_quality, sample_points
 from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
 from ddpm_zoo.pipelines import PointDiffusionPipeline
@@ -234,3 +236,49 @@ def test_point_samples_ask_each_mode_equally_and_the_line_names_every_statistic(
     assert found.shape == (16, 2) and requested.tolist() == list(range(8)) * 2
     line = describe_quality(point_quality(found, "eight-gaussians", requested=requested))
     assert "x the data floor" in line and "mode balance" in line and "in the requested mode" in line
+
+
+def visualize_args(kind: str, model: str, **overrides) -> argparse.Namespace:
+    values = {
+        "kind": kind,
+        "model": model,
+        "num_images": 40,
+        "class_labels": None,
+        "guidance_scale": None,
+        "timesteps": None,
+        "dataset_name": None,
+        "train_data_dir": None,
+        "num_inference_steps": 4,
+        "seed": 0,
+        "num_frames": 10,
+    }
+    return argparse.Namespace(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["forward", "vector-field", "grid", "reverse-grid", "variance", "animation"])
+def test_every_picture_of_a_point_model(tmp_path, one_thread, kind):
+    pipeline = tiny_point_pipeline(out_channels=4)
+    output = tmp_path / "picture.gif"
+    picture = visualize_points(pipeline, visualize_args(kind, str(tmp_path), timesteps="5,50"), output)
+    if kind == "animation":
+        assert picture is None and output.read_bytes().startswith(b"GIF89a")
+    else:
+        assert picture.width > 200
+
+
+def test_variance_picture_of_a_fixed_variance_model_is_one_clear_error(tmp_path, one_thread):
+    with pytest.raises(UserInputError, match="--variance_type learned_range"):
+        visualize_points(tiny_point_pipeline(), visualize_args("variance", str(tmp_path)), tmp_path / "v.png")
+
+
+def test_point_evaluation_sweeps_schedulers_and_writes_json(tmp_path, one_thread, capsys):
+    pipeline = tiny_point_pipeline()
+    args = argparse.Namespace(model=str(tmp_path), reference="two-moons", num_samples=50, seed=0)
+    target = tmp_path / "eval_results.json"
+    assert evaluate_points(pipeline, args, [None, "ddim"], [3], [None], target) == 0
+    rows = json.loads(target.read_text())["rows"]
+    assert [row["scheduler"] for row in rows] == ["own", "ddim"] and all(row["floor"] > 0 for row in rows)
+    assert "x the data floor" in capsys.readouterr().out
+    args.reference = None
+    with pytest.raises(UserInputError, match="--reference swiss-roll"):
+        evaluate_points(pipeline, args, [None], None, [None], target)
