@@ -2,12 +2,14 @@
 
 import argparse
 import json
+import subprocess
+import sys
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import launch
+from conftest import BLOCK_DDPM_ZOO, launch
 from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
@@ -205,6 +207,27 @@ def toy_args(output_dir, steps: int = 30, **overrides) -> list[str]:
         **overrides,
     }
     return [item for key, value in options.items() for item in (f"--{key}", value)]
+
+
+@pytest.mark.slow
+def test_unconditional_toy_script_trains_and_plain_diffusers_loads_the_folder(tmp_path):
+    output = tmp_path / "toy"
+    run = launch("train_unconditional.py", toy_args(output, dataset_name="two-moons"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    index = json.loads((output / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "PointDiffusionPipeline"] and index["denoiser"][0] == "models"
+    assert (output / "denoiser" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (output / "samples" / "grid.png").is_file()
+    script = BLOCK_DDPM_ZOO + (
+        "import torch\n"
+        "from diffusers import DiffusionPipeline, EulerDiscreteScheduler\n"
+        f"pipe = DiffusionPipeline.from_pretrained({str(output)!r}, trust_remote_code=True)\n"
+        "pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)\n"
+        "points = pipe(batch_size=7, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).points\n"
+        "print('POINTS', type(pipe).__name__, type(pipe.denoiser).__name__, points.shape)\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "POINTS PointDiffusionPipeline PointDenoiser (7, 2)" in loaded.stdout, loaded.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from ddpm_zoo.cards import LOSS_CURVE, SAMPLE_GRID, retarget_model_card
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import PICKLE_SUFFIXES, hub_error_message
 from ddpm_zoo.loading import check_weights, pipeline_components, read_model_index
-from ddpm_zoo.pipelines import PIPELINE_SOURCE_FILE
+from ddpm_zoo.pipelines import pipeline_source_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def save_pipeline_folder(
 ) -> Path:
     """Write `pipeline` to `output_dir` so plain diffusers can load it with `trust_remote_code=True`.
 
-    The folder gets safetensors weights, `pipeline.py` (a verbatim copy of ddpm-zoo's pipeline file)
-    and a `model_index.json` whose `_class_name` is `["pipeline", "<Class>"]`. Everything is first
+    The folder gets safetensors weights, `pipeline.py` (a verbatim copy of the ddpm-zoo pipeline file that
+    defines its class) and a `model_index.json` whose `_class_name` is `["pipeline", "<Class>"]`. Everything is first
     written to a temporary sibling folder and then moved into place entry by entry, `model_index.json`
     last, so an interrupted save never leaves a half-written model behind a valid index.
     `extra_files` maps relative paths to bytes (e.g. the model card, sample grids).
@@ -51,7 +51,7 @@ def save_pipeline_folder(
     staging = Path(tempfile.mkdtemp(prefix=".pipeline-tmp-", dir=output_dir))
     try:
         pipeline.save_pretrained(staging, safe_serialization=True)
-        shutil.copyfile(PIPELINE_SOURCE_FILE, staging / f"{CUSTOM_PIPELINE_MODULE}.py")
+        shutil.copyfile(pipeline_source_file(pipeline), staging / f"{CUSTOM_PIPELINE_MODULE}.py")
         index_path = staging / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = [CUSTOM_PIPELINE_MODULE, type(pipeline).__name__]
