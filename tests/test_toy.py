@@ -18,8 +18,10 @@ from ddpm_zoo import point_pictures, points
 from ddpm_zoo.commands.points import evaluate_points, visualize_points
 from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.evaluation.points import describe_quality, mode_balance, nearest_modes, point_quality, sample_points
+from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
-from ddpm_zoo.pipelines import PointDiffusionPipeline
+from ddpm_zoo.pipelines import POINTS_SOURCE_FILE, PointDiffusionPipeline
+from ddpm_zoo.publish import save_pipeline_folder
 
 
 @pytest.mark.parametrize("name", sorted(points.GENERATORS))
@@ -305,3 +307,21 @@ def test_point_evaluation_sweeps_schedulers_and_writes_json(tmp_path, one_thread
     args.reference = None
     with pytest.raises(UserInputError, match="--reference swiss-roll"):
         evaluate_points(pipeline, args, [None], None, [None], target)
+
+
+def test_installed_loader_builds_a_toy_folder_without_running_its_code(tmp_path):
+    pipeline = tiny_point_pipeline()
+    save_pipeline_folder(pipeline, tmp_path / "toy")
+    index = json.loads((tmp_path / "toy" / "model_index.json").read_text())
+    assert index["denoiser"] == ["models", "PointDenoiser"] and (tmp_path / "toy" / "denoiser" / "models.py").is_file()
+    assert (tmp_path / "toy" / "pipeline.py").read_text() == POINTS_SOURCE_FILE.read_text()
+    before = set(sys.modules)
+    loaded = load_pipeline(str(tmp_path / "toy"), "cpu", "dpmsolver", torch_dtype=torch.float64)
+    assert type(loaded.denoiser) is PointDenoiser and loaded.denoiser.dtype == torch.float64
+    pairs = zip(pipeline.denoiser.parameters(), loaded.denoiser.parameters(), strict=True)
+    assert all(torch.equal(saved.double(), found) for saved, found in pairs)
+    assert not any(name.startswith("diffusers_modules") for name in set(sys.modules) - before)
+    index["denoiser"] = ["models", "SomethingElse"]
+    (tmp_path / "toy" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UserInputError, match="component denoiser comes from models, not diffusers"):
+        load_pipeline(str(tmp_path / "toy"), "cpu")

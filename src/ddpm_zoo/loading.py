@@ -11,10 +11,17 @@ from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME, _
 from ddpm_zoo.checkpoints import STATE_FILE
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import DOWNLOAD_OPTIONS, PICKLE_SUFFIXES, download_pipeline, first_line
-from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.models import PointDenoiser
+from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, PointDiffusionPipeline, UnconditionalDDPMPipeline
 from ddpm_zoo.schedulers import make_scheduler
 
-PIPELINE_CLASSES = {cls.__name__: cls for cls in (UnconditionalDDPMPipeline, ClassConditionalDDPMPipeline)}
+PIPELINE_CLASSES = {
+    cls.__name__: cls for cls in (UnconditionalDDPMPipeline, ClassConditionalDDPMPipeline, PointDiffusionPipeline)
+}
+# ddpm-zoo's own networks: a saved folder names each as [file, class] beside a copy of its file, which plain
+# diffusers runs with trust_remote_code; the installed class loads the weights instead.
+INSTALLED_MODELS = {cls.__name__: cls for cls in (PointDenoiser,)}
+MODEL_OPTIONS = ("torch_dtype", "variant")
 
 
 def default_device() -> str:
@@ -100,11 +107,19 @@ def check_components(folder: Path, index: dict, name: str, variant: str | None =
         library, class_name = index[key]
         if library is None:  # an optional component left out (e.g. no autoguidance guide_unet)
             continue
-        if library != "diffusers":
-            raise UserInputError(f"{name}: component {key} comes from {library}, not diffusers")
+        component = component_class(library, class_name, name, key)
         check_weights(folder, key, variant)
-        if issubclass(getattr(diffusers, class_name), ModelMixin):
+        if issubclass(component, ModelMixin):
             check_safetensors(folder, key, variant)
+
+
+def component_class(library: str, class_name: str, name: str, key: str) -> type:
+    """The installed class a component entry names: diffusers' own, or one of ddpm-zoo's networks."""
+    if library == "diffusers":
+        return getattr(diffusers, class_name)
+    if class_name in INSTALLED_MODELS:
+        return INSTALLED_MODELS[class_name]
+    raise UserInputError(f"{name}: component {key} comes from {library}, not diffusers")
 
 
 def load_installed(folder: Path, index: dict, name: str, **kwargs) -> DiffusionPipeline:
@@ -113,7 +128,27 @@ def load_installed(folder: Path, index: dict, name: str, **kwargs) -> DiffusionP
     check_components(folder, index, name, kwargs.get("variant"))
     class_name = index["_class_name"]
     class_name = class_name[-1] if isinstance(class_name, list) else class_name
+    if any(index[key][0] not in (None, "diffusers") for key in pipeline_components(index)):
+        return load_by_component(folder, index, PIPELINE_CLASSES[class_name], **kwargs)
     return PIPELINE_CLASSES[class_name].from_pretrained(folder, use_safetensors=True, **kwargs)
+
+
+def load_by_component(folder: Path, index: dict, pipeline_class: type, **kwargs) -> DiffusionPipeline:
+    """A folder with one of ddpm-zoo's own networks, built component by component from the installed classes
+    (diffusers' `from_pretrained` would run the folder's copy of the network's file); `torch_dtype` and
+    `variant` go to the models."""
+    options = {key: value for key, value in kwargs.items() if key in MODEL_OPTIONS}
+    parts = {key: value for key, value in index.items() if not key.startswith("_") and not is_component_entry(value)}
+    for key in pipeline_components(index):
+        library, class_name = index[key]
+        if library is None:
+            parts[key] = None
+            continue
+        component = component_class(library, class_name, str(folder), key)
+        is_model = issubclass(component, ModelMixin)
+        loaded = component.from_pretrained(folder / key, **({"use_safetensors": True, **options} if is_model else {}))
+        parts[key] = loaded
+    return pipeline_class(**parts)
 
 
 def load_pipeline(
