@@ -40,6 +40,8 @@ PIPELINE_FILES = {
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
 }
+# An unconditional, unguided model is published as diffusers' own DDPMPipeline, with no code.
+PLAIN_FILES = PIPELINE_FILES - {"pipeline.py"}
 CLASS_NAMES = ("zero", "one", "two")
 
 
@@ -137,7 +139,7 @@ def test_unconditional_push_then_pull_in_a_fresh_process(hub_server, tmp_path):
 
     repo = hub_server.repos[("model", f"{TEST_USER}/tiny-digits")]
     assert repo.branches["main"] == commit and not repo.private
-    assert repo_files(hub_server, f"{TEST_USER}/tiny-digits") == PIPELINE_FILES
+    assert repo_files(hub_server, f"{TEST_USER}/tiny-digits") == PLAIN_FILES
     assert repo.commits[commit].files["unet/diffusion_pytorch_model.safetensors"].lfs
     assert ("POST", f"/{TEST_USER}/tiny-digits.git/info/lfs/objects/batch") in hub_server.requests
     assert run_card_snippet(hub_server, card, tmp_path) == "IMAGES 4 (8, 8)"
@@ -217,7 +219,7 @@ def test_second_push_updates_the_repo_and_revision_pins_the_first(hub_server, tm
     commits = HfApi(token=TEST_TOKEN).list_repo_commits(repo_id)
     assert [c.commit_id for c in commits[:2]] == [second, first] and commits[0].title == "Retrained"
     assert "samples/old.png" in repo_files(hub_server, repo_id, first)
-    assert repo_files(hub_server, repo_id) == PIPELINE_FILES
+    assert repo_files(hub_server, repo_id) == PLAIN_FILES
 
     result = run_python(PIN_SCRIPT, hub_server.client_env(tmp_path / "pin-home"), tmp_path, repo_id, first)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -235,7 +237,7 @@ def test_push_to_a_new_branch_leaves_main_alone(hub_server, tmp_path):
     assert repo.branches["step-3"] == commit
     assert set(repo.resolve("main").files) == {".gitattributes"}
     path = hf_hub_download(f"{TEST_USER}/branched", "model_index.json", revision="step-3", token=TEST_TOKEN)
-    assert json.loads(Path(path).read_text())["_class_name"] == ["pipeline", "UnconditionalDDPMPipeline"]
+    assert json.loads(Path(path).read_text())["_class_name"] == "DDPMPipeline"
 
 
 def test_publishable_files_are_the_pipeline_only(tmp_path):
@@ -248,7 +250,7 @@ def test_folders_that_cannot_be_published_are_refused(tmp_path):
         publishable_files(tmp_path / "missing")
     with pytest.raises(UserInputError, match="no model_index.json"):
         publishable_files(tmp_path)
-    folder, _ = saved_folder(tmp_path, conditional=False, repo_id=None)
+    folder, _ = saved_folder(tmp_path, conditional=True, repo_id=None)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(UserInputError, match="only pickle weights .*diffusion_pytorch_model.bin"):
         publishable_files(folder)
@@ -305,7 +307,7 @@ def test_ddpm_zoo_push_command_line(hub_server, tmp_path):
     command = [sys.executable, "-m", "ddpm_zoo.commands.main", "push", str(folder), f"{TEST_USER}/from-cli"]
     result = subprocess.run(command + ["--revision", "v1"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert repo_files(hub_server, f"{TEST_USER}/from-cli", "v1") == PIPELINE_FILES
+    assert repo_files(hub_server, f"{TEST_USER}/from-cli", "v1") == PLAIN_FILES
 
     result = subprocess.run(
         [*command[:4], str(tmp_path / "nowhere"), "x/y"], env=env, capture_output=True, text=True, timeout=120
@@ -321,7 +323,7 @@ def test_default_xet_client_pushes_inline_files_and_needs_the_switch_for_lfs(tmp
     try:
         inline.patch_client(monkeypatch, tmp_path / "home", disable_xet=False)
         commit = push_pipeline_folder(folder, f"{TEST_USER}/inline", token=TEST_TOKEN)
-        assert repo_files(inline, f"{TEST_USER}/inline", commit) == PIPELINE_FILES
+        assert repo_files(inline, f"{TEST_USER}/inline", commit) == PLAIN_FILES
         assert not [path for _, path in inline.requests if "lfs" in path or "xet" in path]
         snapshot = Path(snapshot_download(f"{TEST_USER}/inline", token=TEST_TOKEN))
         assert (snapshot / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (

@@ -2,17 +2,20 @@
 `ddpm_zoo.loading.load_pipeline` read ddpm-zoo folders and Hub repos into the installed classes, with diffusers'
 keyword arguments; plain diffusers still needs `trust_remote_code` for them."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import tiny_unet
+from conftest import BLOCK_DDPM_ZOO, tiny_unet
 from diffusers import DDPMScheduler, DiffusionPipeline
 from hub_server import TEST_TOKEN, TEST_USER
 from safetensors.torch import load_file
 
+from ddpm_zoo.cards import TrainingSummary, render_model_card
+from ddpm_zoo.commands.main import main
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
@@ -32,7 +35,10 @@ def trapped_folder(root, conditional: bool = False):
         unet = tiny_unet(channels=3, num_class_embeds=3)
         pipeline = ClassConditionalDDPMPipeline(unet, DDPMScheduler(num_train_timesteps=10), class_names="a,b")
     else:
-        pipeline = UnconditionalDDPMPipeline(tiny_unet(), DDPMScheduler(num_train_timesteps=10))
+        guide = tiny_unet()  # autoguided: a model that needs its own pipeline code
+        pipeline = UnconditionalDDPMPipeline(
+            tiny_unet(), DDPMScheduler(num_train_timesteps=10), guide_unet=guide, autoguidance_scale=2.0
+        )
     folder = save_pipeline_folder(pipeline, root / "model")
     (folder / "pipeline.py").write_text(BOOBY_TRAP)
     return folder
@@ -88,7 +94,7 @@ def test_load_pipeline_forwards_torch_dtype(tmp_path):
 
 
 def test_load_pipeline_forwards_variant(tmp_path):
-    folder = trapped_folder(tmp_path)
+    folder = unguided_folder(tmp_path)
     zeros = tiny_unet()
     with torch.no_grad():
         for parameter in zeros.parameters():
@@ -106,3 +112,76 @@ def test_load_pipeline_forwards_local_files_only(hub_server, tmp_path):
     assert type(load_pipeline(f"{TEST_USER}/uncached", "cpu")) is UnconditionalDDPMPipeline
     cached = load_pipeline(f"{TEST_USER}/uncached", "cpu", local_files_only=True)
     assert type(cached) is UnconditionalDDPMPipeline
+
+
+PLAIN_DIFFUSERS = (
+    BLOCK_DDPM_ZOO
+    + """
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
+images = pipe(batch_size=2, num_inference_steps=2, output_type="np").images
+print(type(pipe).__name__, images.shape, sum(p.double().sum().item() for p in pipe.unet.parameters()))
+"""
+)
+
+
+def unguided_folder(root):
+    """An unconditional, unguided model with a fixed variance, saved over an earlier save that had code."""
+    folder = root / "model"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(BOOBY_TRAP)
+    return save_pipeline_folder(UnconditionalDDPMPipeline(tiny_unet(), DDPMScheduler(num_train_timesteps=10)), folder)
+
+
+def load_with_plain_diffusers(name: str, env: dict | None, cwd) -> list[str]:
+    """`DiffusionPipeline.from_pretrained(name)`, no flag, in a process that cannot import ddpm_zoo."""
+    command = [sys.executable, "-c", PLAIN_DIFFUSERS, name]
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1].split(" ", 1)
+
+
+def checksum(pipeline) -> float:
+    return sum(p.double().sum().item() for p in pipeline.unet.parameters())
+
+
+def test_an_unguided_model_is_published_as_diffusers_ddpm_pipeline_and_loads_with_no_flag(tmp_path, capsys):
+    folder = unguided_folder(tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "DDPMPipeline" and not (folder / "pipeline.py").exists()
+    name, rest = load_with_plain_diffusers(str(folder), None, tmp_path)
+    own = load_pipeline(str(folder), "cpu")
+    assert name == "DDPMPipeline" and rest.startswith("(2, 8, 8, 1) ")
+    assert float(rest.split(") ")[1]) == pytest.approx(checksum(own))
+    assert type(own) is UnconditionalDDPMPipeline and type(UnconditionalDDPMPipeline.from_pretrained(folder)) is (
+        UnconditionalDDPMPipeline
+    )
+    args = ["--num_images", "1", "--num_inference_steps", "1", "--output_dir", str(tmp_path / "samples")]
+    assert main(["sample", str(folder), *args]) == 0 and (tmp_path / "samples" / "grid.png").exists()
+
+
+@pytest.mark.parametrize(
+    "change, flagless",
+    [
+        ({}, True),
+        ({"self_guidance_clusters": 5, "self_guidance_scale": 2.0}, False),
+        ({"variance_type": "learned_range"}, False),
+        ({"conditional": True, "class_names": ("a", "b")}, False),
+    ],
+)
+def test_the_card_shows_the_flagless_call_where_the_model_is_a_ddpm_pipeline(change, flagless):
+    summary = TrainingSummary("mnist-tiny", False, "mnist-5k", 8, 3, 4, 1e-3, "no", "cpu", 2.0, 0.5)
+    text = render_model_card(dataclasses.replace(summary, **change), "me/digits").text
+    assert ('from_pretrained("me/digits")\n' in text) is flagless
+    assert ('from_pretrained("me/digits", trust_remote_code=True)' in text) is not flagless
+    assert ("pipeline.py" in text) is not flagless
+
+
+@pytest.mark.slow
+def test_an_unguided_hub_repo_loads_with_plain_diffusers_and_no_flag(hub_server, tmp_path):
+    push_pipeline_folder(unguided_folder(tmp_path), f"{TEST_USER}/plain", token=TEST_TOKEN)
+    env = hub_server.client_env(tmp_path / "client-home")
+    name, rest = load_with_plain_diffusers(f"{TEST_USER}/plain", env, tmp_path)
+    own = load_pipeline(f"{TEST_USER}/plain", "cpu")
+    assert name == "DDPMPipeline" and type(own) is UnconditionalDDPMPipeline
+    assert float(rest.split(") ")[1]) == pytest.approx(checksum(own))

@@ -224,7 +224,10 @@ def test_the_snippets_step_counts_fit_a_model_with_fewer_timesteps(num_train_tim
     assert "num_inference_steps" not in first_call
 
 
-@pytest.mark.parametrize("summary", [SUMMARY, COLORED, dataclasses.replace(SUMMARY, preset="custom")])
+SELF_GUIDED = dataclasses.replace(SUMMARY, self_guidance_clusters=50, self_guidance_scale=3.0)
+
+
+@pytest.mark.parametrize("summary", [SELF_GUIDED, COLORED, dataclasses.replace(SELF_GUIDED, preset="custom")])
 def test_the_card_separates_the_code_license_from_the_weights_license(summary):
     text = " ".join(render_model_card(summary).text.split())
     assert "The pipeline code (`pipeline.py`) is ddpm-zoo's, under the Apache-2.0 license" in text

@@ -162,6 +162,22 @@ PREDICTION_TARGETS = {
 }
 
 
+def loads_as_ddpm_pipeline(summary: TrainingSummary) -> bool:
+    """Whether the run's pipeline is published as diffusers' own `DDPMPipeline` (as `publish.as_ddpm_pipeline`
+    decides): an unconditional, unguided image model with a fixed variance."""
+    preset = PRESETS.get(summary.preset)
+    unguided = not summary.self_guidance_clusters and summary.autoguidance_scale is None
+    images = preset is None or preset.data_kind == "images"
+    return images and unguided and not summary.conditional and summary.variance_type != "learned_range"
+
+
+def pipeline_class(summary: TrainingSummary) -> str:
+    """The class a plain diffusers load gives."""
+    if loads_as_ddpm_pipeline(summary):
+        return "DDPMPipeline"
+    return "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline"
+
+
 def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: list | None) -> dict:
     """Everything the card templates use besides the metadata."""
     preset = PRESETS.get(summary.preset)
@@ -181,7 +197,8 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "beta_schedule": summary.beta_schedule,
         "num_train_timesteps": summary.num_train_timesteps,
         "conditional": summary.conditional,
-        "pipeline_class": "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline",
+        "pipeline_class": pipeline_class(summary),
+        "remote_code": not loads_as_ddpm_pipeline(summary),
         "class_names": names,
         "example_labels": example_labels,
         "sampling_arguments": f"class_labels={labels}, guidance_scale=3.0" if summary.conditional else "batch_size=4",

@@ -22,6 +22,9 @@ PIPELINE_CLASSES = {
 # diffusers runs with trust_remote_code; the installed class loads the weights instead.
 INSTALLED_MODELS = {cls.__name__: cls for cls in (PointDenoiser,)}
 MODEL_OPTIONS = ("torch_dtype", "variant")
+# diffusers' DDPMPipeline folders (as ddpm-zoo publishes an unguided model) load into the installed class that
+# extends it: the same weights and scheduler, plus the x_0 bound for any scheduler and the step callback.
+PIPELINE_CLASSES["DDPMPipeline"] = UnconditionalDDPMPipeline
 
 
 def default_device() -> str:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from diffusers import DiffusionPipeline
+from diffusers import DDPMPipeline, DiffusionPipeline
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import HFValidationError, HTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
@@ -17,11 +17,12 @@ from ddpm_zoo.cards import LOSS_CURVE, SAMPLE_GRID, retarget_model_card
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.hub import PICKLE_SUFFIXES, hub_error_message
 from ddpm_zoo.loading import check_weights, pipeline_components, read_model_index
-from ddpm_zoo.pipelines import pipeline_source_file
+from ddpm_zoo.pipelines import UnconditionalDDPMPipeline, pipeline_source_file
 
 logger = logging.getLogger(__name__)
 
 CUSTOM_PIPELINE_MODULE = "pipeline"
+FIXED_VARIANCES = ("fixed_small", "fixed_large")
 # Never uploaded, whatever else sits in the folder: training state, logs, pickles, hidden temporary folders.
 PUSH_IGNORE_PATTERNS = [
     "checkpoint-*",
@@ -35,13 +36,37 @@ PUSH_IGNORE_PATTERNS = [
 ]
 
 
+def as_ddpm_pipeline(pipeline: DiffusionPipeline) -> DDPMPipeline | None:
+    """The same model as diffusers' own `DDPMPipeline` where it needs nothing more (unconditional, unguided, a
+    UNet without class embeddings, a fixed variance), so plain diffusers loads it with no flag; else None."""
+    if type(pipeline) is not UnconditionalDDPMPipeline or pipeline.guide_unet is not None:
+        return None
+    if pipeline.config.get("cluster_sizes") is not None or pipeline.unet.config.num_class_embeds is not None:
+        return None
+    if pipeline.scheduler.config.get("variance_type") not in FIXED_VARIANCES:
+        return None
+    return DDPMPipeline(unet=pipeline.unet, scheduler=pipeline.scheduler)
+
+
+def save_with_code(pipeline: DiffusionPipeline, staging: Path) -> None:
+    """Save `pipeline` with `pipeline.py` and an index naming it as `["pipeline", "<Class>"]`."""
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    shutil.copyfile(pipeline_source_file(pipeline), staging / f"{CUSTOM_PIPELINE_MODULE}.py")
+    index_path = staging / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = [CUSTOM_PIPELINE_MODULE, type(pipeline).__name__]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def save_pipeline_folder(
     pipeline: DiffusionPipeline, output_dir: str | os.PathLike, extra_files: dict | None = None
 ) -> Path:
-    """Write `pipeline` to `output_dir` so plain diffusers can load it with `trust_remote_code=True`.
+    """Write `pipeline` to `output_dir` so plain diffusers can load it.
 
-    The folder gets safetensors weights, `pipeline.py` (a verbatim copy of the ddpm-zoo pipeline file that
-    defines its class) and a `model_index.json` whose `_class_name` is `["pipeline", "<Class>"]`. Everything is first
+    The folder gets safetensors weights and a `model_index.json`. A model that needs nothing beyond diffusers'
+    `DDPMPipeline` (`as_ddpm_pipeline`) is saved as one, which loads with no flag and ships no code; any other
+    gets `pipeline.py` (a verbatim copy of the ddpm-zoo pipeline file that defines its class) and `_class_name`
+    `["pipeline", "<Class>"]`, which loads with `trust_remote_code=True`. Everything is first
     written to a temporary sibling folder and then moved into place entry by entry, `model_index.json`
     last, so an interrupted save never leaves a half-written model behind a valid index.
     `extra_files` maps relative paths to bytes (e.g. the model card, sample grids).
@@ -50,12 +75,11 @@ def save_pipeline_folder(
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".pipeline-tmp-", dir=output_dir))
     try:
-        pipeline.save_pretrained(staging, safe_serialization=True)
-        shutil.copyfile(pipeline_source_file(pipeline), staging / f"{CUSTOM_PIPELINE_MODULE}.py")
-        index_path = staging / "model_index.json"
-        index = json.loads(index_path.read_text())
-        index["_class_name"] = [CUSTOM_PIPELINE_MODULE, type(pipeline).__name__]
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        plain = as_ddpm_pipeline(pipeline)
+        if plain is not None:
+            plain.save_pretrained(staging, safe_serialization=True)
+        else:
+            save_with_code(pipeline, staging)
         for relative, content in (extra_files or {}).items():
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +94,8 @@ def save_pipeline_folder(
                 shutil.rmtree(old)
             else:
                 os.replace(entry, destination)
+        if plain is not None:  # an earlier save's code, which this index no longer names
+            (output_dir / f"{CUSTOM_PIPELINE_MODULE}.py").unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
@@ -91,9 +117,12 @@ def push_patterns(index: dict) -> tuple[list[str], list[str]]:
     """(allow, delete) patterns: the pipeline's own files; stale files in its own folders are deleted."""
     folders = [*pipeline_components(index), "samples"]
     files = ["model_index.json", "README.md", LOSS_CURVE]
+    delete = [f"{name}/*" for name in folders]
     if isinstance(index.get("_class_name"), list):
         files.append(f"{index['_class_name'][0]}.py")
-    return files + [f"{name}/*" for name in folders], [f"{name}/*" for name in folders]
+    else:  # the code an earlier push of a model with its own code left in the repo
+        delete.append(f"{CUSTOM_PIPELINE_MODULE}.py")
+    return files + [f"{name}/*" for name in folders], delete
 
 
 def publishable_files(folder: str | os.PathLike) -> list[str]:
