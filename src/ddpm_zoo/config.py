@@ -267,6 +267,13 @@ class TrainingConfig:
     hub_model_id: str | None = option(None, "the Hub repo to push to (unset: --output_dir's folder name)", HUB)
     hub_private_repo: bool = option(False, "create the Hub repo as private", HUB)
     hub_token: str | None = option(None, "a Hub token with write access (prefer HF_TOKEN)", HUB, secret=True)
+    hub_strategy: str = option(
+        "end",
+        "what --push_to_hub pushes: end (the final pipeline), every_save (also each checkpoint's pipeline, to main) "
+        "or checkpoint (also each checkpoint's pipeline, to a branch step-N); never optimizer state",
+        HUB,
+        choices=("end", "every_save", "checkpoint"),
+    )
 
     def public_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict without secrets (for run records and logs)."""
@@ -386,5 +393,7 @@ def validate(config: TrainingConfig) -> None:
         )
     if config.push_to_hub:
         check_push_target(config.hub_model_id, None)
+    if config.hub_strategy != "end" and not config.push_to_hub:
+        raise UserInputError(f"--hub_strategy {config.hub_strategy} pushes to the Hub: add --push_to_hub")
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")

@@ -75,6 +75,7 @@ from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
 from ddpm_zoo.scatter import scatter
 from ddpm_zoo.schedulers import make_scheduler
+from ddpm_zoo.snapshots import SnapshotPusher
 from ddpm_zoo.stopping import StopRequest
 from ddpm_zoo.visualize import loss_curve_png, make_grid
 
@@ -426,6 +427,12 @@ class Trainer:
         self.guide_step = guide_step(config, self.max_train_steps)
         self.guide_unet: ModelMixin | None = None
         self.hub_repo_id = prepare_push_repo(config, self.accelerator)
+        pushes_snapshots = self.hub_repo_id is not None and config.hub_strategy != "end"
+        self.snapshots = (
+            SnapshotPusher(config.hub_strategy, self.hub_repo_id, config.hub_private_repo, config.hub_token)
+            if pushes_snapshots and self.accelerator.is_main_process
+            else None
+        )
         self.meter = LossMeter(torch.zeros((), device=self.accelerator.device))
         self._build_optimization()
 
@@ -495,6 +502,8 @@ class Trainer:
             guide=self.guide_unet,
         )
         self.last_checkpoint_step = step
+        if self.snapshots is not None:
+            self.snapshots.submit(path, step)
         return path
 
     # ----------------------------------------------------------------- sampling and saving
@@ -871,6 +880,8 @@ def run_training(config: TrainingConfig) -> dict:
     finally:
         if trainer.lock is not None:  # the main process's lock on the output folder
             trainer.lock.close()
+    if trainer.snapshots is not None:
+        trainer.snapshots.finish()
     if trainer.hub_repo_id is not None and trainer.accelerator.is_main_process:
         try:
             push_pipeline_folder(
