@@ -33,7 +33,7 @@ from ddpm_zoo.training import LossMeter, cpu_model
 sys.path.insert(0, str(Path(__file__).parent))
 from common import build_trainer, matmul_gflops, write_json  # noqa: E402
 
-CELLS = (("ddpm", 25), ("ddpm", 50), ("ddpm", 100), ("ddpm", 250), ("ddpm", 1000), ("dpmsolver", 20))
+DDPM_STEPS = "25,50,100,250,1000"
 
 
 def commit() -> str:
@@ -75,7 +75,9 @@ def step_cost(preset: str, batch: int, rounds: int, steps: int) -> dict:
     }
 
 
-def quality(folder: str, num_samples: int, batch_size: int, nll_images: int, nll_timesteps: int) -> dict:
+def quality(
+    folder: str, num_samples: int, batch_size: int, nll_images: int, nll_timesteps: int, ddpm_steps: list[int]
+) -> dict:
     """The bound and the sampling cells of one trained folder."""
     pipeline = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     reference = likelihood_reference(pipeline, None)
@@ -84,7 +86,8 @@ def quality(folder: str, num_samples: int, batch_size: int, nll_images: int, nll
     print(f"{folder}: {describe_bound(bound)} ({time.perf_counter() - started:.0f} s)", flush=True)
     context = make_context(pipeline, extra=False)
     rows = []
-    for scheduler, steps in CELLS:  # each swapped in with plain `from_config` (ddpm_zoo.schedulers)
+    cells = [("ddpm", steps) for steps in ddpm_steps] + [("dpmsolver", 20)]
+    for scheduler, steps in cells:  # each swapped in with plain `from_config` (ddpm_zoo.schedulers)
         rows.append(evaluate_pipeline(pipeline, num_samples, batch_size, scheduler, steps, None, 0, context=context))
         print(format_table(rows[-1:], header=len(rows) == 1), flush=True)
     return {
@@ -110,6 +113,7 @@ def main() -> int:
     scores.add_argument("--batch_size", type=int, default=200)
     scores.add_argument("--nll_images", type=int, default=500)
     scores.add_argument("--nll_timesteps", type=int, default=100)
+    scores.add_argument("--ddpm_steps", default=DDPM_STEPS, help=f"ancestral DDPM step counts (default {DDPM_STEPS})")
     scores.add_argument("--output", required=True, help="file name in benchmarks/results/")
     args = parser.parse_args()
     record = {
@@ -125,7 +129,14 @@ def main() -> int:
     else:
         record["num_samples"], record["nll_images"] = args.num_samples, args.nll_images
         record["models"] = [
-            quality(folder, args.num_samples, args.batch_size, args.nll_images, args.nll_timesteps)
+            quality(
+                folder,
+                args.num_samples,
+                args.batch_size,
+                args.nll_images,
+                args.nll_timesteps,
+                [int(steps) for steps in args.ddpm_steps.split(",")],
+            )
             for folder in args.models
         ]
     print(f"written to {write_json(args.output, record)}")
