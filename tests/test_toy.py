@@ -15,6 +15,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import point_pictures, points
+from ddpm_zoo.commands.main import main
 from ddpm_zoo.commands.points import evaluate_points, visualize_points
 from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.evaluation.points import describe_quality, mode_balance, nearest_modes, point_quality, sample_points
@@ -325,3 +326,17 @@ def test_installed_loader_builds_a_toy_folder_without_running_its_code(tmp_path)
     (tmp_path / "toy" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UserInputError, match="component denoiser comes from models, not diffusers"):
         load_pipeline(str(tmp_path / "toy"), "cpu")
+
+
+def test_visualize_and_evaluate_commands_on_a_toy_folder(tmp_path, one_thread, capsys):
+    save_pipeline_folder(tiny_point_pipeline(out_channels=4), tmp_path / "toy")
+    model = str(tmp_path / "toy")
+    for kind in ("vector-field", "variance", "reverse-grid"):
+        options = ["--num_images", "30", "--num_inference_steps", "3", "--output", str(tmp_path / f"{kind}.png")]
+        assert main(["visualize", model, "--kind", kind, *options]) == 0
+        assert (tmp_path / f"{kind}.png").stat().st_size > 1000
+    evaluated = ["evaluate", model, "--reference", "checkerboard", "--num_samples", "40", "--steps", "3"]
+    assert main(evaluated) == 0
+    assert json.loads((tmp_path / "toy" / "eval_results.json").read_text())["reference"] == "checkerboard"
+    assert main(["evaluate", model, "--num_samples", "40"]) == 2
+    assert "error: point quality compares with a generated set" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 from diffusers import DiffusionPipeline
 
 from ddpm_zoo.commands import add_trust_remote_code_option
+from ddpm_zoo.commands.points import evaluate_points
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation import (
     PROTOCOL_BATCH_SIZE,
@@ -38,6 +39,7 @@ from ddpm_zoo.evaluation.protocol import MAX_SAMPLES
 from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
 from ddpm_zoo.loading import default_device, load_pipeline
 from ddpm_zoo.outputs import check_output_file, check_seed
+from ddpm_zoo.pipelines import PointDiffusionPipeline
 from ddpm_zoo.schedulers import SCHEDULERS
 
 MODEL_KINDS = {"auto": None, "digits": True, "other": False}  # --model_kind: digit metrics or not
@@ -64,7 +66,11 @@ def output_path(model: str, output: str | None, name: str = RESULTS_FILE) -> Pat
 
 def load_unet_pipeline(model: str, device: str | None, trust_remote_code: bool = False) -> DiffusionPipeline:
     """`ddpm_zoo.loading.load_pipeline`, for pipelines with a UNet (the ones evaluation can score)."""
-    pipeline = load_pipeline(model, device, trust_remote_code=trust_remote_code)
+    return check_unet_pipeline(load_pipeline(model, device, trust_remote_code=trust_remote_code), model)
+
+
+def check_unet_pipeline(pipeline: DiffusionPipeline, model: str) -> DiffusionPipeline:
+    """`pipeline`, which the image metrics can score only if it has a UNet."""
     if not hasattr(pipeline, "unet"):
         raise UserInputError(f"{model} is not a ddpm-zoo style pipeline (it has no unet)")
     return pipeline
@@ -99,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     target = output_path(args.model, args.output)
     check_output_file(target)
-    pipeline = load_unet_pipeline(args.model, args.device or default_device(), args.trust_remote_code)
+    pipeline = load_pipeline(args.model, args.device or default_device(), trust_remote_code=args.trust_remote_code)
+    if isinstance(pipeline, PointDiffusionPipeline):
+        return evaluate_points(pipeline, args, [None if s == "own" else s for s in schedulers], steps, guidance, target)
+    pipeline = check_unet_pipeline(pipeline, args.model)
     if args.guidance is not None and not takes_guidance(pipeline):
         raise UserInputError(
             "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
@@ -192,7 +201,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--reference",
         default=None,
-        help="real images for non-digit models: a Hub dataset id or a local folder",
+        help="real images for non-digit models: a Hub dataset id or a local folder; for a 2-D point model, the "
+        "generated set to compare with (default: the one it was trained on)",
     )
     parser.add_argument(
         "--model_kind",

@@ -8,6 +8,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from ddpm_zoo.commands.points import visualize_points
 from ddpm_zoo.commands.sample import add_model_options, check_sampling_options, parse_class_labels, sample_images
 from ddpm_zoo.data import EMBEDDED_MNIST
 from ddpm_zoo.errors import UserInputError
@@ -15,6 +16,7 @@ from ddpm_zoo.generation import check_guidance, check_positive, check_step_count
 from ddpm_zoo.introspection import num_train_timesteps, supports_step_callback
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.outputs import check_image_suffix, check_output_file, writing
+from ddpm_zoo.pipelines import PointDiffusionPipeline
 from ddpm_zoo.visualize import (
     default_forward_timesteps,
     forward_images,
@@ -24,7 +26,8 @@ from ddpm_zoo.visualize import (
     sample_grid,
 )
 
-VISUALIZATIONS = ("forward", "reverse-grid", "animation", "grid")
+VISUALIZATIONS = ("forward", "reverse-grid", "animation", "grid", "vector-field", "variance")
+POINT_ONLY = ("vector-field", "variance")  # pictures of a 2-D point model (the toy-2d preset)
 
 
 def parse_timesteps(text: str | None, num_train_timesteps: int) -> list[int]:
@@ -71,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -> Image.Image | None:
     """Make the picture `args.kind` asks for (the animation is written to `output` directly)."""
+    if isinstance(pipeline, PointDiffusionPipeline):
+        return visualize_points(pipeline, args, output)
+    if args.kind in POINT_ONLY:
+        raise UserInputError(f"--kind {args.kind} is a picture of a 2-D point model (the toy-2d preset)")
     if args.kind == "forward":
         config = pipeline.unet.config
         timesteps = parse_timesteps(args.timesteps, num_train_timesteps(pipeline))
@@ -124,7 +131,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "forward: real images noised by q(x_t|x_0) at --timesteps; reverse-grid: one row per class, "
             "x_t after evenly spaced denoising steps; animation: a GIF of the reverse process; "
-            "grid: labelled samples."
+            "grid: labelled samples. A 2-D point model (toy-2d) draws each as scatter plots of --num_images "
+            "points, and also vector-field (the denoiser's E[x_0 | x_t] - x_t at --timesteps) and variance (a "
+            "learned sigma_theta^2(t) against beta_t and beta~_t)."
         ),
     )
     add_model_options(parser)
