@@ -15,6 +15,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import point_pictures, points
+from ddpm_zoo.cards import TrainingSummary, render_model_card
 from ddpm_zoo.commands.main import main
 from ddpm_zoo.commands.points import evaluate_points, visualize_points
 from ddpm_zoo.errors import DataError, UserInputError
@@ -340,3 +341,27 @@ def test_visualize_and_evaluate_commands_on_a_toy_folder(tmp_path, one_thread, c
     assert json.loads((tmp_path / "toy" / "eval_results.json").read_text())["reference"] == "checkerboard"
     assert main(["evaluate", model, "--num_samples", "40"]) == 2
     assert "error: point quality compares with a generated set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_toy_card_shows_points_usage_and_the_generated_data(conditional):
+    summary = TrainingSummary(
+        preset="toy-2d",
+        conditional=conditional,
+        dataset="eight-gaussians" if conditional else "swiss-roll",
+        resolution=None,
+        max_train_steps=3000,
+        total_batch_size=256,
+        learning_rate=2e-3,
+        mixed_precision="no",
+        hardware="1 x CPU",
+        wall_time_s=40.0,
+        final_loss=0.3,
+        class_names=points.MODE_NAMES if conditional else (),
+    )
+    text = render_model_card(summary, "me/toy").text
+    snippet = text.split("```python\n")[1].split("```")[0]
+    compile(snippet, "snippet", "exec")
+    assert ".points" in snippet and ".images" not in text
+    assert "plain diffusers as `PointDiffusionPipeline`" in text and "ddpm_zoo.loading.load_pipeline" in text
+    assert "| Resolution | 2-D points |" in text and f"Trained on `{summary.dataset}`." in text

@@ -12,7 +12,8 @@ import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ddpm_zoo.presets import PRESETS, DatasetInfo
+from ddpm_zoo.points import GENERATORS
+from ddpm_zoo.presets import PRESETS, TOY_INFO, DatasetInfo
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def known_datasets() -> dict[str, DatasetInfo]:
 
 def card_dataset(summary: TrainingSummary) -> tuple[str | None, DatasetInfo | None, str]:
     """The Hub dataset id for the card's `datasets`, its license/attribution if known, and a display name."""
+    if summary.dataset in GENERATORS and not summary.local_dataset:
+        return None, TOY_INFO, f"`{summary.dataset}`"
     info = known_datasets().get(summary.dataset)
     if info is not None:
         shown = f"`{summary.dataset}`" + ("" if summary.dataset == info.hub_id else f" (from `{info.hub_id}`)")
@@ -131,7 +134,7 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
     rows = [
         ("Preset", f"`{summary.preset}`"),
         ("Data", dataset_shown),
-        ("Resolution", f"{summary.resolution} x {summary.resolution}"),
+        ("Resolution", f"{summary.resolution} x {summary.resolution}" if summary.resolution else "2-D points"),
         ("Training steps", f"{summary.max_train_steps:,}"),
         ("Total batch size", f"{summary.total_batch_size} ({processes})"),
         ("Learning rate", f"{summary.learning_rate:g}"),
@@ -173,6 +176,9 @@ def loads_as_ddpm_pipeline(summary: TrainingSummary) -> bool:
 
 def pipeline_class(summary: TrainingSummary) -> str:
     """The class a plain diffusers load gives."""
+    preset = PRESETS.get(summary.preset)
+    if preset is not None and preset.data_kind == "points":
+        return "PointDiffusionPipeline"
     if loads_as_ddpm_pipeline(summary):
         return "DDPMPipeline"
     return "ClassConditionalDDPMPipeline" if summary.conditional else "UnconditionalDDPMPipeline"
