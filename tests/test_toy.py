@@ -365,3 +365,14 @@ def test_the_toy_card_shows_points_usage_and_the_generated_data(conditional):
     assert ".points" in snippet and ".images" not in text
     assert "plain diffusers as `PointDiffusionPipeline`" in text and "ddpm_zoo.loading.load_pipeline" in text
     assert "| Resolution | 2-D points |" in text and f"Trained on `{summary.dataset}`." in text
+
+
+def test_sample_command_writes_points_a_toy_run_can_read_back(tmp_path, one_thread):
+    torch.manual_seed(0)
+    denoiser = PointDenoiser(hidden_size=16, num_blocks=1, time_embedding_dim=8, num_class_embeds=3)
+    save_pipeline_folder(PointDiffusionPipeline(denoiser, DDPMScheduler(clip_sample=False), "a,b"), tmp_path / "toy")
+    options = ["--num_images", "10", "--class_labels", "b", "--num_inference_steps", "3"]
+    assert main(["sample", str(tmp_path / "toy"), *options, "--output_dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "grid.png").is_file()
+    read = data_lib.load_point_data(None, str(tmp_path / "out" / "points.csv"), cache_dir=str(tmp_path / "cache"))
+    assert read.images.shape == (10, 2) and read.labels.tolist() == [1] * 10

@@ -1,4 +1,4 @@
-"""`ddpm-zoo visualize` and `ddpm-zoo evaluate` on a 2-D point model (the toy-2d preset's pipelines)."""
+"""`ddpm-zoo sample`, `visualize` and `evaluate` on a 2-D point model (the toy-2d preset's pipelines)."""
 
 import argparse
 import itertools
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ddpm_zoo import data as data_lib
@@ -106,4 +107,25 @@ def evaluate_points(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(f"results written to {target}")
+    return 0
+
+
+def sample_points_command(pipeline: PointDiffusionPipeline, args: argparse.Namespace, output_dir: Path) -> int:
+    """`ddpm-zoo sample` for points: points.csv (x, y and, for a conditional model, the class) and grid.png."""
+    count = args.num_images or DEFAULT_POINTS
+    labels = _labels(pipeline, args.class_labels, count)
+    call = {"class_labels": labels.tolist()} if labels is not None else {"batch_size": count}
+    if args.guidance_scale is not None and labels is not None:
+        call["guidance_scale"] = args.guidance_scale
+    generator = torch.Generator().manual_seed(args.seed)
+    found = pipeline(generator=generator, num_inference_steps=args.num_inference_steps, **call).points
+    columns = [found[:, 0], found[:, 1]] + ([labels] if labels is not None else [])
+    header = "x,y" + (",label" if labels is not None else "")
+    with writing(output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        formats = ["%.6f", "%.6f"] + (["%d"] if labels is not None else [])
+        table = np.stack(columns, axis=1)
+        np.savetxt(output_dir / "points.csv", table, fmt=formats, delimiter=",", header=header, comments="")
+        scatter(found, labels, title=f"{count} samples").save(output_dir / "grid.png")
+    print(f"wrote {count} points to {output_dir / 'points.csv'} and their scatter plot to grid.png")
     return 0

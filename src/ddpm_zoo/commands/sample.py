@@ -9,6 +9,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from ddpm_zoo.commands import add_trust_remote_code_option
+from ddpm_zoo.commands.points import sample_points_command
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.generation import (
     DEFAULT_STEPS,
@@ -22,6 +23,7 @@ from ddpm_zoo.generation import (
 )
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.outputs import check_output_folder, check_seed, writing
+from ddpm_zoo.pipelines import PointDiffusionPipeline
 from ddpm_zoo.schedulers import SCHEDULERS
 
 DEFAULT_NUM_IMAGES = 16  # unconditional models; class-conditional ones draw each requested class once
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     check_output_folder(output_dir)
     pipeline = load_pipeline(args.model, args.device, args.scheduler, args.trust_remote_code)
+    if isinstance(pipeline, PointDiffusionPipeline):
+        return sample_points_command(pipeline, args, output_dir)
     steps = args.num_inference_steps or default_steps(pipeline)
     images, names = sample_images(
         pipeline,
