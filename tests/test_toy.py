@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 from conftest import BLOCK_DDPM_ZOO, launch
 from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from safetensors.torch import load_file
 
 from ddpm_zoo import data as data_lib
 from ddpm_zoo import point_pictures, points
@@ -376,3 +378,18 @@ def test_sample_command_writes_points_a_toy_run_can_read_back(tmp_path, one_thre
     assert (tmp_path / "out" / "grid.png").is_file()
     read = data_lib.load_point_data(None, str(tmp_path / "out" / "points.csv"), cache_dir=str(tmp_path / "cache"))
     assert read.images.shape == (10, 2) and read.labels.tolist() == [1] * 10
+
+
+@pytest.mark.slow
+def test_a_resumed_toy_run_publishes_the_weights_of_an_uninterrupted_one(tmp_path):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    assert launch("train_unconditional.py", toy_args(whole, steps=20, checkpointing_steps="10")).returncode == 0
+    halves.mkdir()
+    shutil.copytree(whole / "checkpoint-10", halves / "checkpoint-10")
+    resumed = launch(
+        "train_unconditional.py", toy_args(halves, steps=20, checkpointing_steps="10", resume_from_checkpoint="latest")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    weights = "denoiser/diffusion_pytorch_model.safetensors"
+    expected, found = load_file(str(whole / weights)), load_file(str(halves / weights))
+    assert all(torch.equal(expected[name], found[name]) for name in expected)

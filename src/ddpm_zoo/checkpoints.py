@@ -342,7 +342,7 @@ def load_checkpoint(accelerator: Accelerator, ema: EMAModel | None, path: Path) 
     """Restore model, optimizer, schedule, RNG and EMA state; return the checkpoint's progress."""
     accelerator.load_state(str(path))
     if ema is not None:
-        loaded = EMAModel.from_pretrained(str(path / EMA_FOLDER), model_cls=UNet2DModel, foreach=True)
+        loaded = EMAModel.from_pretrained(str(path / EMA_FOLDER), model_cls=ema.model_cls, foreach=True)
         ema.load_state_dict(loaded.state_dict())
         ema.to(accelerator.device)
     return read_progress(path)
