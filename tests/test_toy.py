@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import BLOCK_DDPM_ZOO, launch
 from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
@@ -20,12 +21,14 @@ from ddpm_zoo import point_pictures, points
 from ddpm_zoo.cards import TrainingSummary, render_model_card
 from ddpm_zoo.commands.main import main
 from ddpm_zoo.commands.points import evaluate_points, visualize_points
+from ddpm_zoo.commands.train import parse_config
 from ddpm_zoo.errors import DataError, UserInputError
 from ddpm_zoo.evaluation.points import describe_quality, mode_balance, nearest_modes, point_quality, sample_points
 from ddpm_zoo.loading import load_pipeline
 from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
 from ddpm_zoo.pipelines import POINTS_SOURCE_FILE, PointDiffusionPipeline
 from ddpm_zoo.publish import save_pipeline_folder
+from ddpm_zoo.training import prepare_points
 
 
 @pytest.mark.parametrize("name", sorted(points.GENERATORS))
@@ -393,3 +396,25 @@ def test_a_resumed_toy_run_publishes_the_weights_of_an_uninterrupted_one(tmp_pat
     weights = "denoiser/diffusion_pytorch_model.safetensors"
     expected, found = load_file(str(whole / weights)), load_file(str(halves / weights))
     assert all(torch.equal(expected[name], found[name]) for name in expected)
+
+
+@pytest.mark.parametrize(
+    "options, conditional, message",
+    [
+        (["--autoguidance_scale", "2"], False, "self-guidance and autoguidance are for images"),
+        (["--self_guidance_clusters", "4"], False, "self-guidance and autoguidance are for images"),
+        (["--dataset_name", "checkerboard"], True, "conditional training needs labelled points"),
+    ],
+)
+def test_toy_data_refuses_what_points_cannot_do(tmp_path, options, conditional, message):
+    config = parse_config(["--preset", "toy-2d", "--output_dir", str(tmp_path), *options], conditional=conditional)
+    with pytest.raises(UserInputError, match=message):
+        prepare_points(config, Accelerator(cpu=True))
+
+
+def test_toy_data_keeps_mode_labels_only_for_conditional_training(tmp_path):
+    argv = ["--preset", "toy-2d", "--dataset_name", "eight-gaussians", "--output_dir", str(tmp_path)]
+    conditional = prepare_points(parse_config(argv, conditional=True), Accelerator(cpu=True))
+    assert conditional.class_names == points.MODE_NAMES and conditional.num_classes == 8
+    unconditional = prepare_points(parse_config(argv), Accelerator(cpu=True))
+    assert unconditional.num_classes == 0 and unconditional.batches.labels is None

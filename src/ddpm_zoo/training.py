@@ -271,8 +271,8 @@ def prepare_points(config: TrainingConfig, accelerator: Accelerator) -> Prepared
     found = data_lib.load_point_data(
         config.dataset_name, config.train_data_dir, config.label_column, config.seed, config.cache_dir
     )
-    if config.self_guidance_clusters:
-        raise UserInputError("--self_guidance_clusters is for images; pass 0 for 2-D points")
+    if config.self_guidance_clusters or (config.autoguidance_scale != 1 and not config.conditional):
+        raise UserInputError("self-guidance and autoguidance are for images; 2-D point models sample without them")
     if config.conditional and found.labels is None:
         raise UserInputError(
             "conditional training needs labelled points: --dataset_name eight-gaussians or two-moons, or a table "
