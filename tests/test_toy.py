@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from conftest import BLOCK_DDPM_ZOO, launch
 from diffusers import ConfigMixin, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from hub_server import TEST_TOKEN, TEST_USER
 from safetensors.torch import load_file
 
 from ddpm_zoo import data as data_lib
@@ -29,6 +30,8 @@ from ddpm_zoo.models import PointDenoiser, PointDenoiserOutput
 from ddpm_zoo.pipelines import POINTS_SOURCE_FILE, PointDiffusionPipeline
 from ddpm_zoo.publish import save_pipeline_folder
 from ddpm_zoo.training import prepare_points
+
+pytest_plugins = ["hub_server"]
 
 
 @pytest.mark.parametrize("name", sorted(points.GENERATORS))
@@ -418,3 +421,38 @@ def test_toy_data_keeps_mode_labels_only_for_conditional_training(tmp_path):
     assert conditional.class_names == points.MODE_NAMES and conditional.num_classes == 8
     unconditional = prepare_points(parse_config(argv), Accelerator(cpu=True))
     assert unconditional.num_classes == 0 and unconditional.batches.labels is None
+
+
+@pytest.mark.slow
+def test_a_toy_run_pushes_and_plain_diffusers_pulls_it_back(hub_server, tmp_path):
+    repo_id = f"{TEST_USER}/toy"
+    output = tmp_path / "toy"
+    env = hub_server.client_env(tmp_path / "train-home", token=TEST_TOKEN, disable_xet=True)
+    run = launch("train_unconditional.py", [*toy_args(output), "--push_to_hub", "--hub_model_id", repo_id], env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    repo = hub_server.repos[("model", repo_id)]
+    uploaded = set(repo.resolve("main").files)
+    assert {
+        "model_index.json",
+        "pipeline.py",
+        "denoiser/models.py",
+        "denoiser/diffusion_pytorch_model.safetensors",
+    } <= (uploaded)
+    assert {"README.md", "samples/grid.png"} <= uploaded
+    shutil.rmtree(output)
+    script = BLOCK_DDPM_ZOO + (
+        "import torch\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"pipe = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)\n"
+        "points = pipe(batch_size=5, num_inference_steps=3, generator=torch.Generator().manual_seed(0)).points\n"
+        "print('PULLED', type(pipe).__name__, points.shape)\n"
+    )
+    pulled = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=hub_server.client_env(tmp_path / "pull-home"),
+        cwd=tmp_path,
+    )
+    assert "PULLED PointDiffusionPipeline (5, 2)" in pulled.stdout, pulled.stderr[-2000:]
