@@ -693,8 +693,8 @@ OUTSIDE_THE_LOOP = {
         {"checkpointing_steps": "100", "self_guidance_clusters": "0"},
         [],
     ),
-    "the pipeline folder": (
-        "ddpm_zoo.pipelines:UnconditionalDDPMPipeline.save_pretrained",
+    "the pipeline folder": (  # an unguided model is published as diffusers' own DDPMPipeline
+        "diffusers:DDPMPipeline.save_pretrained",
         "after",
         signal.SIGTERM,
         {"self_guidance_clusters": "0"},
