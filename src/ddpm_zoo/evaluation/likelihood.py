@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard
 
 from ddpm_zoo import __version__
 from ddpm_zoo.cards import refresh_model_card
-from ddpm_zoo.data import load_mnist_5k_arrays
+from ddpm_zoo.data import load_mnist_5k_arrays, to_model_space
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.evaluation.classifier import classifier_split
 from ddpm_zoo.evaluation.references import Reference, dataset_reference, digit_reference, is_digit_model
@@ -91,6 +91,7 @@ def model_terms(
 def bound_per_image(
     predict: Predict,
     scheduler: DDPMScheduler,
+    terms: DiffusionTerms,
     x_0: torch.Tensor,
     num_timesteps: int,
     generator: torch.Generator,
@@ -98,7 +99,6 @@ def bound_per_image(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_T, sum of L_{t-1} over t = 2..T, L_0) for each image of `x_0` (float in [-1, 1], on the model's
     device), in bits per dimension; each model call takes up to `batch_size` (image, timestep) pairs."""
-    terms = DiffusionTerms(scheduler, x_0.device)
     config, count, device = dict(scheduler.config), x_0.shape[0], x_0.device
 
     def term(t: torch.Tensor) -> torch.Tensor:
@@ -134,8 +134,9 @@ def variational_bound(
     count = total_steps - 1 if num_timesteps is None else min(num_timesteps, total_steps - 1)
     generator = torch.Generator().manual_seed(seed)
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    terms = DiffusionTerms(scheduler, device)
     parts = [
-        bound_per_image(predict, scheduler, batch.to(device).float() / 127.5 - 1, count, generator, batch_size)
+        bound_per_image(predict, scheduler, terms, to_model_space(batch.to(device)), count, generator, batch_size)
         for batch in images.split(batch_size)
     ]
     prior, diffusion, decoder = (torch.cat(column).cpu().double() for column in zip(*parts, strict=True))
