@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +91,12 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
     info["torch"] = torch.__version__
     return info
+
+
+def git_commit() -> str | None:
+    """The short hash of the checked-out commit the results come from (None outside a git checkout)."""
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or None
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -18,7 +18,6 @@ schedulers swapped in with plain `from_config`, at the pipeline's default guidan
 import argparse
 import datetime
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,14 +30,9 @@ from ddpm_zoo.evaluation.likelihood import describe_bound, likelihood_reference,
 from ddpm_zoo.training import LossMeter, cpu_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import build_trainer, matmul_gflops, write_json  # noqa: E402
+from common import build_trainer, git_commit, matmul_gflops, write_json  # noqa: E402
 
 DDPM_STEPS = "25,50,100,250,1000"
-
-
-def commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
 
 
 def step_cost(preset: str, batch: int, rounds: int, steps: int) -> dict:
@@ -118,7 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     record = {
         "date": datetime.date.today().isoformat(),
-        "commit": commit(),
+        "commit": git_commit(),
         "machine": {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "matmul_fp32_gflops": round(matmul_gflops(), 1),
     }

@@ -16,7 +16,6 @@ other weights (e.g. 0 and 1) for chosen cells, so the gain and the cost of guida
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
 from ddpm_zoo.training import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_gflops, write_json  # noqa: E402
+from common import git_commit, matmul_gflops, write_json  # noqa: E402
 
 # (scheduler, steps): the samplers and step counts diffusers users reach for first.
 DEFAULT_CELLS = (
@@ -118,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(row)
         print(format_table([row], header=len(rows) == 1), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
         "date": datetime.date.today().isoformat(),
-        "commit": commit or None,
+        "commit": git_commit(),
         "model": args.model,
         "pipeline": type(pipeline).__name__,
         "loaded_with": "DiffusionPipeline.from_pretrained(model, trust_remote_code=True)",
