@@ -5,7 +5,7 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
-from .pipeline_ddpm_zoo import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline
+from .pipeline_ddpm_zoo import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline, joint_label_index
 from .pipeline_points import PointDiffusionPipeline, PointPipelineOutput
 
 PIPELINE_SOURCE_FILE = Path(__file__).with_name("pipeline_ddpm_zoo.py")
@@ -24,5 +24,6 @@ __all__ = [
     "PointDiffusionPipeline",
     "PointPipelineOutput",
     "UnconditionalDDPMPipeline",
+    "joint_label_index",
     "pipeline_source_file",
 ]

@@ -25,7 +25,7 @@ def test_mnist_5k_is_500_real_digits_per_class(mnist):
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [500] * 10
     assert data.mnist_5k_content_digest(images, labels) == data.MNIST_5K_CONTENT_SHA256
-    assert mnist.image_column == "image" and mnist.label_column == "label"
+    assert mnist.image_column == "image" and mnist.label_column == "label" and mnist.color_column is None
     assert mnist.class_names[7] == "seven"
     first = mnist.dataset[0]
     assert first["image"].mode == "L" and first["image"].size == (28, 28)

@@ -534,8 +534,8 @@ def test_a_classifier_that_passes_is_written_with_its_metadata(script, tmp_path,
 
 
 class DigitAndColorPipeline(ClassConditionalDDPMPipeline):
-    """A stand-in for a model conditioned on digit and color (none ships yet): it returns a real digit of
-    each requested class in the requested color, and needs both."""
+    """A stand-in for a trained model conditioned on digit and color: it returns a real digit of each
+    requested class in the requested color, and needs both."""
 
     def __call__(self, class_labels, color_labels, guidance_scale=3.0, generator=None, output_type="np", **kwargs):
         arrays, labels = load_mnist_5k_arrays()
@@ -545,8 +545,9 @@ class DigitAndColorPipeline(ClassConditionalDDPMPipeline):
 
 
 def test_a_model_that_takes_colors_is_scored_against_the_requested_colors():
-    unet = tiny_unet(channels=3, size=8, num_class_embeds=len(DIGIT_NAMES) + 1)
-    pipeline = DigitAndColorPipeline(unet=unet, scheduler=DDPMScheduler(), class_names=",".join(DIGIT_NAMES))
+    unet = tiny_unet(channels=3, size=8, num_class_embeds=(len(DIGIT_NAMES) + 1) * (len(COLOR_NAMES) + 1))
+    names = {"class_names": ",".join(DIGIT_NAMES), "color_names": ",".join(COLOR_NAMES)}
+    pipeline = DigitAndColorPipeline(unet=unet, scheduler=DDPMScheduler(), **names)
     row = ev.evaluate_pipeline(pipeline, 12, 5, None, 1, digits=True, extra=False, progress=False)
     assert row["color_reference"] == "requested" and row["color_accuracy"] == 1.0
     assert row["conditional_accuracy"] == 1.0

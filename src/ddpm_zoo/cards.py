@@ -53,6 +53,7 @@ class TrainingSummary:
     prediction_type: str = "epsilon"
     snr_gamma: float | None = None
     class_names: tuple[str, ...] = ()
+    color_names: tuple[str, ...] = ()
     local_dataset: bool = False
     autoguidance_scale: float | None = None
     autoguidance_guide_step: int | None = None
@@ -191,6 +192,12 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
     names = list(summary.class_names)
     example_labels = list(range(min(3, len(names) or 3)))
     labels = json.dumps([names[-1], names[0]]) if len(names) > 1 else example_labels
+    guided_by, example_request = f"class_labels={labels}, guidance_scale=3.0", ""
+    if summary.color_names and names:
+        first, second, color = names[7 % len(names)], names[3 % len(names)], summary.color_names[0]
+        example_labels = json.dumps([first, second])
+        guided_by = f'class_labels={example_labels}, color_labels=["{color}", None], guidance_scale=3.0'
+        example_request = f"a {color} {first}, then a {second} of any color"
     return {
         "model_id": repo_id or "path/to/the/pipeline/folder",
         "title": repo_id.split("/")[-1] if repo_id else f"ddpm-zoo {summary.preset}",
@@ -206,8 +213,11 @@ def card_context(summary: TrainingSummary, repo_id: str | None, eval_results: li
         "pipeline_class": pipeline_class(summary),
         "remote_code": not loads_as_ddpm_pipeline(summary),
         "class_names": names,
+        "color_names": list(summary.color_names),
         "example_labels": example_labels,
-        "sampling_arguments": f"class_labels={labels}, guidance_scale=3.0" if summary.conditional else "batch_size=4",
+        "example_colors": f'["{summary.color_names[0]}", None]' if summary.color_names else "",
+        "example_request": example_request,
+        "sampling_arguments": guided_by if summary.conditional else "batch_size=4",
         "solver_steps": min(SOLVER_STEPS, summary.num_train_timesteps),
         "ddim_steps": min(DDIM_STEPS, summary.num_train_timesteps),
         "sample_grid": SAMPLE_GRID,
@@ -311,7 +321,12 @@ def refresh_model_card(
 
 def _recorded_card(recorded: dict, eval_results: list[EvalResult] | None) -> ModelCard:
     """The card training (or `evaluate`) rendered for a recorded run."""
-    fields = {**recorded["card"], "class_names": tuple(recorded["card"].get("class_names", ()))}
+    card = recorded["card"]
+    fields = {
+        **card,
+        "class_names": tuple(card.get("class_names", ())),
+        "color_names": tuple(card.get("color_names", ())),
+    }
     return render_model_card(TrainingSummary(**fields), recorded.get("hub_model_id"), eval_results)
 
 

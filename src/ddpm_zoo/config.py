@@ -97,7 +97,13 @@ class TrainingConfig:
     dataset_config_name: str | None = option(None, "the Hub dataset's configuration", DATA)
     train_data_dir: str | None = option(None, "local image folder, or parquet/arrow files", DATA)
     image_column: str | None = option(None, "the dataset's image column (default: the first image column)", DATA)
-    label_column: str | None = option(None, "the dataset's class label column (conditional training)", DATA)
+    label_columns: str | None = option(
+        None,
+        "the dataset's class label column, or two comma-separated (e.g. digit,color) for a model conditioned on "
+        "both; --colorize supplies a column named color (conditional training)",
+        DATA,
+        aliases=("--label_column",),
+    )
     cache_dir: str | None = option(None, "where datasets caches downloads", DATA)
     resolution: int | None = option(None, "image size in pixels (default: the network's)", DATA, valid=AT_LEAST_1)
     random_flip: bool = option(False, "randomly flip images horizontally", DATA)
@@ -126,7 +132,13 @@ class TrainingConfig:
         MODEL,
         valid=FINITE_POSITIVE,
     )
-    cond_drop_prob: float = option(0.1, "probability of the null class (or null cluster)", MODEL, valid=BELOW_1)
+    cond_drop_prob: float = option(
+        0.1,
+        "probability of the null class (or null cluster); with two label columns, of each one's null value, "
+        "drawn independently",
+        MODEL,
+        valid=BELOW_1,
+    )
     autoguidance_scale: float = option(
         1.0,
         "autoguidance weight (Karras et al., 2024) saved as the pipeline's default; a value other than 1 keeps "
@@ -275,6 +287,11 @@ class TrainingConfig:
         choices=("end", "every_save", "checkpoint"),
     )
 
+    @property
+    def label_column_names(self) -> tuple[str, ...]:
+        """`--label_columns` split at commas; () when not given."""
+        return tuple(name.strip() for name in self.label_columns.split(",")) if self.label_columns else ()
+
     def public_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict without secrets (for run records and logs)."""
         values = dataclasses.asdict(self)
@@ -395,5 +412,13 @@ def validate(config: TrainingConfig) -> None:
         check_push_target(config.hub_model_id, None)
     if config.hub_strategy != "end" and not config.push_to_hub:
         raise UserInputError(f"--hub_strategy {config.hub_strategy} pushes to the Hub: add --push_to_hub")
+    columns = config.label_column_names
+    if config.label_columns is not None and (not 1 <= len(columns) <= 2 or not all(columns)):
+        raise UserInputError(
+            "--label_columns takes one column name or two comma-separated (e.g. digit,color), "
+            f"got {config.label_columns!r}"
+        )
+    if config.conditional and len(columns) == 2 and config.streaming:
+        raise UserInputError("two --label_columns need the in-memory path (drop --streaming)")
     if config.max_train_steps is None and config.num_epochs is None:
         raise UserInputError("give --max_train_steps or --num_epochs")

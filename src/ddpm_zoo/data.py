@@ -63,22 +63,26 @@ COLOR_PALETTE: dict[str, tuple[int, int, int]] = {
     "magenta": (255, 0, 255),
 }
 COLOR_NAMES = tuple(COLOR_PALETTE)
+COLOR_COLUMN = "color"  # the label column the colorizer adds, with COLOR_NAMES as its classes
 
 
 @dataclass
 class ImageSource:
-    """A dataset with the names of its image column and (optional) label column."""
+    """A dataset with the names of its image column, (optional) label column and (optional) second label
+    column, the color of a model conditioned on two labels, each with its class names where it has them."""
 
     dataset: datasets.Dataset
     image_column: str
     label_column: str | None
     class_names: tuple[str, ...] = ()
+    color_column: str | None = None
+    color_names: tuple[str, ...] = ()
 
 
 @dataclass
 class DecodedImages:
     """A whole dataset decoded once: uint8 images (N, C, H, W), int64 labels (N,) or None, and for
-    colored digits the palette index of each image."""
+    colored digits (or any second label column) the color index of each image."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
@@ -215,8 +219,10 @@ def load_image_source(
     image_column: str | None = None,
     label_column: str | None = None,
     cache_dir: str | None = None,
+    color_column: str | None = None,
 ) -> ImageSource:
-    """Resolve `--dataset_name` / `--train_data_dir` to a dataset and its image and label columns."""
+    """Resolve `--dataset_name` / `--train_data_dir` to a dataset and its image and label columns (the second,
+    `color_column`, only where named)."""
     if train_data_dir is not None:
         dataset = load_local_dataset(train_data_dir, cache_dir)
     elif dataset_name == EMBEDDED_MNIST:
@@ -232,9 +238,16 @@ def load_image_source(
     if image_col is None:
         raise DataError(f"no image column found; columns: {', '.join(dataset.column_names)} (use --image_column)")
     label_col = _pick_column(dataset, label_column, datasets.ClassLabel, LABEL_COLUMN_GUESSES, "label")
-    feature = dataset.features.get(label_col) if label_col else None
-    class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
-    return ImageSource(dataset, image_col, label_col, class_names)
+    color_col = _pick_column(dataset, color_column, datasets.ClassLabel, (), "label") if color_column else None
+    return ImageSource(
+        dataset, image_col, label_col, _class_names(dataset, label_col), color_col, _class_names(dataset, color_col)
+    )
+
+
+def _class_names(dataset: datasets.Dataset, column: str | None) -> tuple[str, ...]:
+    """A ClassLabel column's names; () for another column or none."""
+    feature = dataset.features.get(column) if column else None
+    return tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
 
 
 def load_point_data(
@@ -368,36 +381,38 @@ def decode_dataset(
     if not arrays:
         raise DataError("no readable images in the dataset")
     images = torch.from_numpy(np.stack(arrays))
-    labels = None
+    labels = colors = None
     if with_labels:
-        labels = _labels_tensor(source, keep)
-    return DecodedImages(images, labels, source.class_names, skipped)
+        labels = _labels_tensor(source, source.label_column, keep)
+        if source.color_column is not None:
+            colors = _labels_tensor(source, source.color_column, keep)
+    return DecodedImages(images, labels, source.class_names, skipped, colors)
 
 
-def _labels_tensor(source: ImageSource, keep: list[int] | range) -> torch.Tensor:
-    if source.label_column is None:
+def _labels_tensor(source: ImageSource, column: str | None, keep: list[int] | range) -> torch.Tensor:
+    if column is None:
         raise DataError(
             f"conditional training needs a label column; columns: {', '.join(source.dataset.column_names)} "
-            "(use --label_column)"
+            "(use --label_columns)"
         )
-    values = source.dataset[source.label_column]
+    values = source.dataset[column]
     try:
         return torch.tensor([int(values[i]) for i in keep], dtype=torch.long)
     except (TypeError, ValueError):
-        raise DataError(f"label column {source.label_column!r} must hold integer class indices") from None
+        raise DataError(f"label column {column!r} must hold integer class indices") from None
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+def check_labels(labels: torch.Tensor, num_classes: int, what: str = "classes") -> None:
     """Refuse labels outside the model's classes 0..num_classes-1 (the UNet's class embedding would
     fail deep inside, on CUDA with a device-side assert)."""
     outside = (labels < 0) | (labels >= num_classes)
     if bool(outside.any()):
-        raise DataError(f"label {int(labels[outside][0])} is outside the model's classes 0..{num_classes - 1}")
+        raise DataError(f"label {int(labels[outside][0])} is outside the model's {what} 0..{num_classes - 1}")
 
 
 def apply_colorizer(decoded: DecodedImages, seed: int) -> DecodedImages:
     """Colored digits: tint grayscale images with seeded palette colors; the color index is kept as
-    `color_labels` and the digit remains the (conditioning) label."""
+    `color_labels` (the second label of a model conditioned on digit and color) beside the digit label."""
     if decoded.images.shape[1] != 1:
         raise DataError("the colorizer needs grayscale (1-channel) images")
     colors = torch.from_numpy(color_indices(len(decoded.images), seed))
@@ -539,7 +554,7 @@ class StreamingBatches:
         channel_mode(channels)
         labels = None
         if num_classes:
-            labels = _labels_tensor(source, range(len(source.dataset)))
+            labels = _labels_tensor(source, source.label_column, range(len(source.dataset)))
             check_labels(labels, num_classes)
         self.reader = _DecodeOnRead(source, resolution, channels, convert_channels, labels, skip_bad_images)
         self.plan = plan

@@ -22,7 +22,7 @@ from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPi
 from ddpm_zoo.presets import get_preset
 from ddpm_zoo.publish import run_files, save_pipeline_folder
 from ddpm_zoo.schedulers import make_scheduler
-from ddpm_zoo.visualize import loss_curve_png, make_grid
+from ddpm_zoo.visualize import grid_colors, loss_curve_png, make_grid
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class Checkpoint:
     state: dict
     config: TrainingConfig
     cluster_sizes: tuple[int, ...]
+    class_names: tuple[str, ...] = ()
+    color_names: tuple[str, ...] = ()
 
     @property
     def step(self) -> int:
@@ -64,7 +66,14 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise UserInputError(f"cannot read the run record {record_path} or {path / STATE_FILE}: {error}") from None
     fields = {field.name for field in dataclasses.fields(TrainingConfig)}
     config = TrainingConfig(**{key: value for key, value in record.items() if key in fields})
-    checkpoint = Checkpoint(path, state, config, tuple(record.get("cluster_sizes") or ()))
+    checkpoint = Checkpoint(
+        path,
+        state,
+        config,
+        tuple(record.get("cluster_sizes") or ()),
+        tuple(record.get("class_names") or ()),
+        tuple(record.get("color_names") or ()),
+    )
     if not checkpoint.weights.is_file():
         raise UserInputError(f"{path} is not a complete checkpoint: {checkpoint.weights.name} is missing")
     return checkpoint
@@ -78,9 +87,11 @@ def load_unet(config: dict, weights: Path) -> UNet2DModel:
 
 
 def class_names(checkpoint: Checkpoint, num_classes: int) -> list[str]:
-    """The preset's class names where the model has as many classes, else the class indices."""
-    names = get_preset(checkpoint.config.preset).class_names
-    return list(names) if len(names) == num_classes else [str(index) for index in range(num_classes)]
+    """The run's class names where its record has as many, else the preset's, else the class indices."""
+    for names in (checkpoint.class_names, get_preset(checkpoint.config.preset).class_names):
+        if len(names) == num_classes:
+            return list(names)
+    return [str(index) for index in range(num_classes)]
 
 
 def run_scheduler(config: TrainingConfig) -> DDPMScheduler:
@@ -100,8 +111,11 @@ def rebuild_pipeline(checkpoint: Checkpoint) -> DiffusionPipeline:
     unet = load_unet(checkpoint.state["unet_config"], checkpoint.weights)
     scheduler = run_scheduler(config)
     if config.conditional:
-        names = class_names(checkpoint, unet.config.num_class_embeds - 1)
-        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=",".join(names))
+        colors = checkpoint.color_names
+        names = class_names(checkpoint, unet.config.num_class_embeds // (len(colors) + 1) - 1)
+        return ClassConditionalDDPMPipeline(
+            unet=unet, scheduler=scheduler, class_names=",".join(names), color_names=",".join(colors) or None
+        )
     if checkpoint.cluster_sizes:
         return UnconditionalDDPMPipeline(
             unet=unet,
@@ -126,7 +140,9 @@ def sample_grid_png(pipeline: DiffusionPipeline, config: TrainingConfig) -> byte
     count, columns = config.num_sample_images, None
     if config.conditional:
         columns = pipeline.num_classes
-        images = pipeline(class_labels=[index % columns for index in range(count)], **kwargs).images
+        labels = [index % columns for index in range(count)]
+        colors = grid_colors(count, columns, pipeline.num_colors)
+        images = pipeline(class_labels=labels, color_labels=colors, **kwargs).images
     else:
         images = pipeline(batch_size=count, **kwargs).images
     buffer = io.BytesIO()
@@ -155,6 +171,7 @@ def card_summary(checkpoint: Checkpoint, pipeline: DiffusionPipeline, loss_curve
         prediction_type=config.prediction_type,
         snr_gamma=config.snr_gamma,
         class_names=tuple(pipeline.labels) if config.conditional else (),
+        color_names=tuple(pipeline.colors) if config.conditional else (),
         local_dataset=config.train_data_dir is not None,
         autoguidance_scale=config.autoguidance_scale if guided else None,
         self_guidance_clusters=len(checkpoint.cluster_sizes) or None,

@@ -16,7 +16,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.introspection import has_named_classes, num_train_timesteps, supports_step_callback, takes_guidance
+from ddpm_zoo.introspection import (
+    has_named_classes,
+    num_train_timesteps,
+    supports_step_callback,
+    takes_color_labels,
+    takes_guidance,
+)
 from ddpm_zoo.schedulers import scheduler_name
 from ddpm_zoo.visualize import sample_grid
 
@@ -61,36 +67,65 @@ def check_step_count(pipeline: DiffusionPipeline, num_steps: int, option: str = 
         )
 
 
-def check_guidance(pipeline: DiffusionPipeline, guidance_scale: float | None) -> None:
-    """A guidance weight needs a model that takes one."""
+def check_guidance(
+    pipeline: DiffusionPipeline, guidance_scale: float | None, color_guidance_scale: float | None = None
+) -> None:
+    """A guidance weight needs a model that takes one; a color's, a model conditioned on a color."""
     if guidance_scale is not None and not takes_guidance(pipeline):
         raise UserInputError(
             "this model is unconditional without guidance; --guidance_scale needs a class-conditional, an "
             "autoguided (guide_unet) or a self-guided (cluster_sizes) one"
         )
+    if color_guidance_scale is not None and not takes_color_labels(pipeline):
+        raise UserInputError("--color_guidance_scale needs a model conditioned on digit and color")
+
+
+FREE = -1  # the index of a label left free (sampled by the other label, or unconditionally)
+FREE_NAME = "any"  # how the command line names a label left free
 
 
 def image_labels(
-    pipeline: DiffusionPipeline, num_images: int | None, class_labels: Sequence[int | str] | None
-) -> list[int] | None:
-    """Class index of each image: `class_labels` (indices or names) repeated to `num_images` (default:
-    every class once). None for an unconditional pipeline, where class labels are an error."""
+    pipeline: DiffusionPipeline,
+    num_images: int | None,
+    class_labels: Sequence[int | str] | None,
+    color_labels: Sequence[int | str] | None = None,
+) -> tuple[list[int], list[int] | None] | tuple[None, None]:
+    """Class and color index of each image: `class_labels` and `color_labels` (indices, names, or "any" for a
+    label left free) each repeated to `num_images`, by default to the longer list's length (classes default
+    to every class once). Colors are None for a model without them; (None, None) for an unconditional
+    pipeline, where labels are an error."""
     if not has_named_classes(pipeline):
-        if class_labels:
+        if class_labels or color_labels:
             raise UserInputError("this model is unconditional; --class_labels needs a class-conditional one")
-        return None
+        return None, None
+    num_colors = getattr(pipeline, "num_colors", 0)
+    if color_labels and not num_colors:
+        raise UserInputError("this model is conditioned on the class alone; --color_labels needs one with colors")
     try:
-        indices = [pipeline.class_index(label) for label in class_labels or range(pipeline.num_classes)]
+        classes = [_index(pipeline.class_index, label) for label in class_labels or range(pipeline.num_classes)]
+        colors = [_index(pipeline.color_index, color) for color in color_labels or [FREE_NAME]]
     except ValueError as error:
         raise UserInputError(str(error)) from None
-    count = num_images or len(indices)
-    return [indices[i % len(indices)] for i in range(count)]
+    if FREE in classes and not num_colors:
+        raise UserInputError(f"class label {FREE_NAME!r} needs a model conditioned on a color as well")
+    count = num_images or max(len(classes), len(colors) if color_labels else 0)
+    repeated = [classes[i % len(classes)] for i in range(count)]
+    return repeated, ([colors[i % len(colors)] for i in range(count)] if num_colors else None)
 
 
-def label_names(pipeline: DiffusionPipeline, indices: Sequence[int]) -> list[str]:
-    """Class names where the model has them, else the indices as text."""
+def _index(lookup: Callable[[int | str], int], label: int | str) -> int:
+    return FREE if isinstance(label, str) and label.strip().lower() == FREE_NAME else lookup(label)
+
+
+def label_names(pipeline: DiffusionPipeline, indices: Sequence[int], colors: Sequence[int] | None = None) -> list[str]:
+    """Class names where the model has them, else the indices as text; with colors, "red seven" and the like
+    ("any" for a label left free)."""
     names = pipeline.labels if has_named_classes(pipeline) else []
-    return [names[i] if i < len(names) else str(i) for i in indices]
+    found = [FREE_NAME if i == FREE else names[i] if i < len(names) else str(i) for i in indices]
+    if colors is None:
+        return found
+    color_names = pipeline.colors
+    return [f"{FREE_NAME if c == FREE else color_names[c]} {name}" for c, name in zip(colors, found, strict=True)]
 
 
 def generate(
@@ -103,16 +138,18 @@ def generate(
     color_labels: Sequence[int] | torch.Tensor | None = None,
     guidance_scale: float | None = None,
     progress: bool = True,
+    color_guidance_scale: float | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Sample `num_images` images in batches of `batch_size`; returns them as uint8 NCHW (the pixels a PNG
     holds) and the seconds spent in the pipeline.
 
-    `class_labels` and `color_labels` hold one class index per image; `guidance_scale` None is the
-    pipeline's default. Image i uses a CPU generator seeded `seed + i` (module docstring).
+    `class_labels` and `color_labels` hold one class (color) index per image, FREE for a label left free;
+    `guidance_scale` and `color_guidance_scale` None are the pipeline's defaults. Image i uses a CPU generator
+    seeded `seed + i` (module docstring).
     """
     check_positive(num_images=num_images, batch_size=batch_size, num_inference_steps=num_inference_steps)
     check_step_count(pipeline, num_inference_steps)
-    check_guidance(pipeline, guidance_scale)
+    check_guidance(pipeline, guidance_scale, color_guidance_scale)
     step_callback = supports_step_callback(pipeline)
     bar = tqdm(unit="step", desc="sampling", disable=not progress, leave=False)
     previous = dict(getattr(pipeline, "_progress_bar_config", {}))
@@ -130,13 +167,15 @@ def generate(
                 "output_type": "np",
             }
             if class_labels is not None:
-                kwargs["class_labels"] = [int(label) for label in class_labels[start:stop]]
+                kwargs["class_labels"] = _given(class_labels[start:stop])
             else:
                 kwargs["batch_size"] = stop - start
             if color_labels is not None:
-                kwargs["color_labels"] = [int(color) for color in color_labels[start:stop]]
+                kwargs["color_labels"] = _given(color_labels[start:stop])
             if guidance_scale is not None:
                 kwargs["guidance_scale"] = guidance_scale
+            if color_guidance_scale is not None:
+                kwargs["color_guidance_scale"] = color_guidance_scale
             if step_callback:
                 kwargs["callback_on_step_end"] = _step_counter(bar)
             began = time.perf_counter()
@@ -151,6 +190,11 @@ def generate(
         bar.close()
         pipeline.set_progress_bar_config(**previous)
     return torch.cat(batches), seconds
+
+
+def _given(labels: Sequence[int] | torch.Tensor) -> list[int | None]:
+    """Label indices as the pipeline takes them: None for a label left free."""
+    return [None if int(label) == FREE else int(label) for label in labels]
 
 
 def _step_counter(bar: tqdm) -> Callable:

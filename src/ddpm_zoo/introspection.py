@@ -20,8 +20,11 @@ def is_conditional(pipeline: DiffusionPipeline) -> bool:
 
 
 def takes_color_labels(pipeline: DiffusionPipeline) -> bool:
-    """Whether the pipeline takes `color_labels` (joint digit-and-color conditioning)."""
-    return "color_labels" in call_parameters(pipeline)
+    """Whether the pipeline takes `color_labels`: a model conditioned on digit and color (`num_colors` > 0),
+    or another pipeline whose call has that parameter and no `num_colors`."""
+    if "color_labels" not in call_parameters(pipeline):
+        return False
+    return bool(getattr(pipeline, "num_colors", True))
 
 
 def has_named_classes(pipeline: DiffusionPipeline) -> bool:

@@ -70,14 +70,19 @@ from ddpm_zoo.objectives import (
     training_target,
     with_variance_channels,
 )
-from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, PointDiffusionPipeline, UnconditionalDDPMPipeline
+from ddpm_zoo.pipelines import (
+    ClassConditionalDDPMPipeline,
+    PointDiffusionPipeline,
+    UnconditionalDDPMPipeline,
+    joint_label_index,
+)
 from ddpm_zoo.presets import Preset, get_preset
 from ddpm_zoo.publish import create_push_repo, push_pipeline_folder, run_files, save_pipeline_folder
 from ddpm_zoo.scatter import scatter
 from ddpm_zoo.schedulers import make_scheduler
 from ddpm_zoo.snapshots import SnapshotPusher
 from ddpm_zoo.stopping import StopRequest
-from ddpm_zoo.visualize import loss_curve_png, make_grid
+from ddpm_zoo.visualize import grid_colors, loss_curve_png, make_grid
 
 logger = get_logger("ddpm_zoo")  # Accelerate's: each message once, from the main process
 
@@ -95,11 +100,17 @@ class PreparedData:
     plan: data_lib.EpochIndexPlan
     class_names: tuple[str, ...]
     cluster_sizes: tuple[int, ...] = ()
+    color_names: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
         """The labels the UNet is conditioned on: classes, or k-means clusters for self-guidance."""
         return len(self.cluster_sizes) or len(self.class_names)
+
+    @property
+    def num_class_embeds(self) -> int:
+        """UNet class-embedding rows: one per (class, color) pair, each label with its null value appended."""
+        return (self.num_classes + 1) * (len(self.color_names) + 1)
 
 
 def resolve_unet_config(config: TrainingConfig, preset: Preset) -> dict:
@@ -199,21 +210,29 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
     """Load the source, then decode it once into memory (or stream it when it is large).
 
     Conditional training needs labels in 0..num_classes-1, where num_classes comes from the dataset's
-    class names, else from the preset's. Self-guidance labels each image with its k-means cluster.
+    class names, else from the preset's; a second label column (the color) needs a ClassLabel column, or
+    the colorizer's colors. Self-guidance labels each image with its k-means cluster.
     """
     if preset.data_kind == "points":
         return prepare_points(config, accelerator)
+    columns = config.label_column_names if config.conditional else ()
+    color_column = columns[1] if len(columns) == 2 else None
+    colorizer_colors = config.colorize and color_column == data_lib.COLOR_COLUMN
     source = data_lib.load_image_source(
         config.dataset_name,
         config.train_data_dir,
         config.dataset_config_name,
         config.image_column,
-        config.label_column,
+        columns[0] if columns else None,
         config.cache_dir,
+        None if colorizer_colors else color_column,
     )
     class_names = (source.class_names or preset.class_names) if config.conditional else ()
     if config.conditional and not class_names:
         raise UserInputError("conditional training needs class names: a ClassLabel label column or a preset's classes")
+    color_names = data_lib.COLOR_NAMES if colorizer_colors else source.color_names
+    if color_column is not None and not color_names:
+        raise UserInputError(f"the second label column {color_column!r} needs class names: make it a ClassLabel column")
     source_channels = 1 if config.colorize else unet_channels
     size = data_lib.in_memory_bytes(len(source.dataset), unet_channels, config.resolution)  # what stays in memory
     plan_args = (config.train_batch_size, config.seed, accelerator.process_index, accelerator.num_processes)
@@ -254,6 +273,9 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
         raise UserInputError(f"the data has {decoded.images.shape[1]} channel(s) but the model expects {unet_channels}")
     if decoded.labels is not None:
         data_lib.check_labels(decoded.labels, len(class_names))
+    if color_column is not None:
+        data_lib.check_labels(decoded.color_labels, len(color_names), f"{color_column} classes")
+        decoded = dataclasses.replace(decoded, labels=torch.stack([decoded.labels, decoded.color_labels], dim=1))
     cluster_sizes: tuple[int, ...] = ()
     if config.self_guidance_clusters:
         assignments = cluster_images(decoded.images, config.self_guidance_clusters, config.seed).assignments
@@ -263,14 +285,21 @@ def prepare_data(config: TrainingConfig, unet_channels: int, accelerator: Accele
         cluster_sizes = tuple(torch.bincount(assignments, minlength=config.self_guidance_clusters).tolist())
     plan = data_lib.EpochIndexPlan(len(decoded.images), *plan_args)
     batches = data_lib.InMemoryBatches(decoded, plan, accelerator.device)
-    return PreparedData(batches, plan, class_names, cluster_sizes)
+    return PreparedData(batches, plan, class_names, cluster_sizes, color_names if color_column else ())
+
+
+def first_label_column(config: TrainingConfig) -> str | None:
+    """The (first) label column `--label_columns` names, or None."""
+    return config.label_column_names[0] if config.label_column_names else None
 
 
 def prepare_points(config: TrainingConfig, accelerator: Accelerator) -> PreparedData:
     """2-D points (generated, or read from a table) held in memory; conditional training needs their labels."""
     found = data_lib.load_point_data(
-        config.dataset_name, config.train_data_dir, config.label_column, config.seed, config.cache_dir
+        config.dataset_name, config.train_data_dir, first_label_column(config), config.seed, config.cache_dir
     )
+    if config.conditional and len(config.label_column_names) > 1:
+        raise UserInputError("2-D point models take one label column; --label_columns names two")
     if config.self_guidance_clusters or (config.autoguidance_scale != 1 and not config.conditional):
         raise UserInputError("self-guidance and autoguidance are for images; 2-D point models sample without them")
     if config.conditional and found.labels is None:
@@ -382,7 +411,7 @@ class Trainer:
         set_seed(config.seed)
         self.labelled = config.conditional or config.self_guidance_clusters > 0
         self.unet = build_network(
-            self.preset.network, unet_config, self.data.num_classes + 1 if self.labelled else None
+            self.preset.network, unet_config, self.data.num_class_embeds if self.labelled else None
         )
         self.preset_network = as_json(unet_config) == as_json(
             with_variance_channels(self.preset.unet, config.variance_type)
@@ -516,7 +545,10 @@ class Trainer:
             return PointDiffusionPipeline(denoiser=unet, scheduler=scheduler, class_names=names)
         if self.config.conditional:
             return ClassConditionalDDPMPipeline(
-                unet=unet, scheduler=scheduler, class_names=",".join(self.data.class_names)
+                unet=unet,
+                scheduler=scheduler,
+                class_names=",".join(self.data.class_names),
+                color_names=",".join(self.data.color_names) or None,
             )
         if self.data.cluster_sizes:
             return UnconditionalDDPMPipeline(
@@ -542,7 +574,8 @@ class Trainer:
         self.guide_unet = guide.to(self.accelerator.device).eval().requires_grad_(False)
 
     def sample_grid(self):
-        """A grid from the EMA weights at the pipeline's default guidance; conditional grids: one column per class."""
+        """A grid from the EMA weights at the pipeline's default guidance; conditional grids: one column per class
+        (with colors, each row of the grid in one color)."""
         count = self.config.num_sample_images
         scheduler = make_scheduler(self.config.sample_scheduler, self.noise_scheduler.config)
         pipeline = self.pipeline(scheduler)
@@ -557,7 +590,9 @@ class Trainer:
                 found = pipeline(batch_size=None if labels else count, class_labels=labels, **kwargs).points
                 picture = scatter(found, labels, title=f"{count} samples")
             elif labels:
-                picture = make_grid(pipeline(class_labels=labels, **kwargs).images, self.data.num_classes)
+                colors = grid_colors(len(labels), self.data.num_classes, len(self.data.color_names))
+                images = pipeline(class_labels=labels, color_labels=colors, **kwargs).images
+                picture = make_grid(images, self.data.num_classes)
             else:
                 picture = make_grid(pipeline(batch_size=count, **kwargs).images)
         model.train()
@@ -610,6 +645,7 @@ class Trainer:
             prediction_type=config.prediction_type,
             snr_gamma=config.snr_gamma,
             class_names=self.data.class_names,
+            color_names=self.data.color_names,
             local_dataset=config.train_data_dir is not None,
             autoguidance_scale=config.autoguidance_scale if self.guide_unet is not None else None,
             autoguidance_guide_step=self.guide_step if self.guide_unet is not None else None,
@@ -692,7 +728,12 @@ class Trainer:
             if config.overwrite_output_dir and resume is None:  # ddpm-zoo's own checkpoints, no one else's
                 for stale in complete_checkpoints(self.output_dir):
                     remove_checkpoint(stale)
-            record = {**config.public_dict(), "cluster_sizes": list(self.data.cluster_sizes) or None}
+            record = {
+                **config.public_dict(),
+                "cluster_sizes": list(self.data.cluster_sizes) or None,
+                "class_names": list(self.data.class_names) if config.conditional else None,
+                "color_names": list(self.data.color_names) or None,
+            }
             write_atomically(self.output_dir / RUN_RECORD, json.dumps(record, indent=2))
             self.loss_log = start_loss_log(self.output_dir, state.global_step)
             accelerator.init_trackers(config.tracker_project_name, config=tracker_config(config.public_dict()))
@@ -765,6 +806,15 @@ class Trainer:
     def ema_log(self) -> dict:
         return {"ema_decay": self.ema.cur_decay_value} if self.ema is not None and self.ema.cur_decay_value else {}
 
+    def dropped_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class-embedding rows of a batch's labels, each label replaced by its null value with probability
+        `cond_drop_prob`, independently (classifier-free guidance training, Ho & Salimans, 2022, Algorithm 1)."""
+        drop = torch.rand(labels.shape, device=labels.device) < self.config.cond_drop_prob
+        if labels.dim() == 1:
+            return torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
+        kept = torch.where(drop, torch.full_like(labels, -1), labels)
+        return joint_label_index(kept[:, 0], kept[:, 1], self.data.num_classes, len(self.data.color_names))
+
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One micro-batch: noise the images (eq. 4), predict, regress the target (eq. 14)."""
         config, accelerator = self.config, self.accelerator
@@ -779,8 +829,7 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(clean, noise, t)
         class_labels = None
         if self.labelled:
-            drop = torch.rand(labels.shape[0], device=labels.device) < config.cond_drop_prob
-            class_labels = torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
+            class_labels = self.dropped_labels(labels)
         if config.compile and config.compile_mode in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()  # a new step for the CUDA-graph replays
         with accelerator.accumulate(self.model):

@@ -26,6 +26,12 @@ GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F", "P")
 FORWARD_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 
 
+def grid_colors(count: int, columns: int, num_colors: int) -> list[int] | None:
+    """The color of each image of a class-per-column grid for a model with `num_colors` colors (None without):
+    row r in color r, cycling through the colors."""
+    return [(i // columns) % num_colors for i in range(count)] if num_colors else None
+
+
 def make_grid(images: list[Image.Image], columns: int | None = None, padding: int = 2) -> Image.Image:
     """Tile equally sized PIL images row by row on a black background."""
     columns = columns or math.ceil(math.sqrt(len(images)))

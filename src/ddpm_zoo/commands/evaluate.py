@@ -35,8 +35,8 @@ from ddpm_zoo.evaluation.likelihood import (
     likelihood_reference,
     pipeline_bound,
 )
-from ddpm_zoo.evaluation.protocol import MAX_SAMPLES
-from ddpm_zoo.introspection import default_guidance_scale, takes_guidance
+from ddpm_zoo.evaluation.protocol import CONDITIONS, MAX_SAMPLES
+from ddpm_zoo.introspection import default_guidance_scale, takes_color_labels, takes_guidance
 from ddpm_zoo.loading import default_device, load_pipeline
 from ddpm_zoo.outputs import check_output_file, check_seed
 from ddpm_zoo.pipelines import PointDiffusionPipeline
@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
             "--guidance applies to class-conditional, autoguided (guide_unet) and self-guided (cluster_sizes) "
             "models only"
         )
+    conditions = None
+    if args.conditions is not None:
+        if not takes_color_labels(pipeline):
+            raise UserInputError("--conditions applies to models conditioned on digit and color only")
+        conditions = parse_list(args.conditions, str, "--conditions", CONDITIONS.__contains__, ", ".join(CONDITIONS))
     digits = MODEL_KINDS[args.model_kind]
     context = make_context(pipeline, digits, args.reference, extra=not args.no_extra_metrics)
     rows = sweep(
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         args.batch_size,
         args.seed,
         context=context,
+        conditions=conditions,
     )
     document = results_document(args.model, rows, context)
     path = write_results(document, target)
@@ -190,6 +196,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma list of guidance scales (class-conditional, autoguided or self-guided models; default: the "
         "pipeline's own)",
+    )
+    parser.add_argument(
+        "--conditions",
+        default=None,
+        help=f"for a model conditioned on digit and color, comma list of what is requested: {', '.join(CONDITIONS)} "
+        "(the other label left free; default: all three)",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument(

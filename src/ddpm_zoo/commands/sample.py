@@ -48,7 +48,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--class_labels",
         default=None,
-        help="comma-separated class indices or names, e.g. 0,1,seven (class-conditional models)",
+        help="comma-separated class indices or names, e.g. 0,1,seven (class-conditional models); "
+        "any leaves the class free (models with colors)",
+    )
+    parser.add_argument(
+        "--color_labels",
+        default=None,
+        help="comma-separated color indices or names, e.g. red,any,blue (models conditioned on digit and color; "
+        "any, the default, leaves the color free)",
     )
     parser.add_argument(
         "--guidance_scale",
@@ -58,13 +65,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "(default: the pipeline's, 3); for an unconditional model with a guide_unet, the autoguidance weight; "
         "with cluster_sizes, the self-guidance weight",
     )
+    parser.add_argument(
+        "--color_guidance_scale",
+        type=float,
+        default=None,
+        help="guidance weight w >= 0 of the color, composed with the class's (default: the pipeline's, 3)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")
     parser.add_argument("--device", default=None, help="torch device (default: cuda, then mps, then cpu)")
     add_trust_remote_code_option(parser)
 
 
-def parse_class_labels(text: str | None) -> list[int | str] | None:
+def parse_class_labels(text: str | None, option: str = "--class_labels") -> list[int | str] | None:
     """'0,1,seven' -> [0, 1, 'seven']; names are resolved (and checked) by the pipeline."""
     if text is None:
         return None
@@ -72,7 +85,7 @@ def parse_class_labels(text: str | None) -> list[int | str] | None:
     for item in text.split(","):
         item = item.strip()
         if not item:
-            raise UserInputError(f"--class_labels {text!r} has an empty entry")
+            raise UserInputError(f"{option} {text!r} has an empty entry")
         labels.append(int(item) if item.lstrip("-").isdigit() else item)
     return labels
 
@@ -85,23 +98,35 @@ def sample_images(
     num_inference_steps: int,
     seed: int,
     batch_size: int,
+    color_labels: Sequence[int | str] | None = None,
+    color_guidance_scale: float | None = None,
 ) -> tuple[list[Image.Image], list[str] | None]:
     """PIL samples and their class names (None for an unconditional model): `num_images` of them, cycling
-    through `class_labels` (default: each class once; unconditional: DEFAULT_NUM_IMAGES)."""
-    labels = image_labels(pipeline, num_images, class_labels)
+    through `class_labels` and `color_labels` (default: each class once; unconditional: DEFAULT_NUM_IMAGES)."""
+    labels, colors = image_labels(pipeline, num_images, class_labels, color_labels)
     count = len(labels) if labels is not None else (num_images or DEFAULT_NUM_IMAGES)
     images, _ = generate(
-        pipeline, count, num_inference_steps, seed, batch_size, class_labels=labels, guidance_scale=guidance_scale
+        pipeline,
+        count,
+        num_inference_steps,
+        seed,
+        batch_size,
+        class_labels=labels,
+        color_labels=colors,
+        guidance_scale=guidance_scale,
+        color_guidance_scale=color_guidance_scale,
     )
-    return pil_images(images), (label_names(pipeline, labels) if labels is not None else None)
+    return pil_images(images), (label_names(pipeline, labels, colors) if labels is not None else None)
 
 
 def check_sampling_options(args: argparse.Namespace) -> None:
     """The options of `add_model_options` that can be checked before a model is loaded."""
     check_positive(batch_size=args.batch_size, num_inference_steps=args.num_inference_steps)
     check_seed(args.seed)
-    if args.guidance_scale is not None and not args.guidance_scale >= 0:
-        raise UserInputError(f"--guidance_scale must be >= 0, got {args.guidance_scale}")
+    for name in ("guidance_scale", "color_guidance_scale"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:
+            raise UserInputError(f"--{name} must be >= 0, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         steps,
         args.seed,
         args.batch_size,
+        parse_class_labels(args.color_labels, "--color_labels"),
+        args.color_guidance_scale,
     )
     with writing(output_dir):
         save_samples(images, output_dir, names)

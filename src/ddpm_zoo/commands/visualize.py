@@ -95,15 +95,31 @@ def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -
     class_labels = parse_class_labels(args.class_labels)
     steps = args.num_inference_steps or default_steps(pipeline)
     check_step_count(pipeline, steps)
+    color_labels = parse_class_labels(args.color_labels, "--color_labels")
     if args.kind == "grid":
+        columns = None
+        if getattr(pipeline, "num_colors", 0) and not (class_labels or color_labels or args.num_images):
+            class_labels, color_labels = digit_color_table(pipeline.num_classes, pipeline.num_colors)
+            columns = pipeline.num_colors
         images, names = sample_images(
-            pipeline, args.num_images, class_labels, args.guidance_scale, steps, args.seed, args.batch_size
+            pipeline,
+            args.num_images,
+            class_labels,
+            args.guidance_scale,
+            steps,
+            args.seed,
+            args.batch_size,
+            color_labels,
+            args.color_guidance_scale,
         )
-        return sample_grid(images, names, scale=args.scale)
+        return sample_grid(images, names, columns, scale=args.scale)
+    if color_labels or args.color_guidance_scale is not None:
+        raise UserInputError("--color_labels and --color_guidance_scale apply to --kind grid")
     if not supports_step_callback(pipeline):
         raise UserInputError("this pipeline has no callback_on_step_end; it cannot show the reverse process")
     check_guidance(pipeline, args.guidance_scale)
-    rows = len(image_labels(pipeline, None, class_labels) or []) or args.num_images or 10
+    labels, _ = image_labels(pipeline, None, class_labels)
+    rows = len(labels or []) or args.num_images or 10
     generator = [torch.Generator().manual_seed(args.seed + i) for i in range(rows)]
     guidance = args.guidance_scale
     if args.kind == "reverse-grid":
@@ -113,6 +129,11 @@ def _draw(pipeline: DiffusionPipeline, args: argparse.Namespace, output: Path) -
             pipeline, output, args.num_frames, args.fps, steps, class_labels, rows, guidance, generator, args.scale
         )
     return None
+
+
+def digit_color_table(num_classes: int, num_colors: int) -> tuple[list[int], list[int]]:
+    """Labels of a class x color table, one row per class and one column per color."""
+    return [c for c in range(num_classes) for _ in range(num_colors)], list(range(num_colors)) * num_classes
 
 
 def _square(size: int | Sequence[int]) -> int:

@@ -21,7 +21,7 @@ from ddpm_zoo.evaluation.metrics import (
 )
 from ddpm_zoo.evaluation.references import EvaluationContext, Reference, make_context
 from ddpm_zoo.evaluation.report import format_table
-from ddpm_zoo.generation import check_step_count, generate
+from ddpm_zoo.generation import FREE, check_step_count, generate
 from ddpm_zoo.introspection import (
     default_guidance_scale,
     is_conditional,
@@ -41,6 +41,11 @@ PROTOCOL_STEPS = 25
 MAX_SAMPLES = 1_000_000
 
 
+# What a model conditioned on digit and color is asked for: both, or one with the other left free.
+BOTH, DIGIT_ONLY, COLOR_ONLY = "digit+color", "digit", "color"
+CONDITIONS = (BOTH, DIGIT_ONLY, COLOR_ONLY)
+
+
 def protocol_steps(pipeline: DiffusionPipeline) -> int:
     """The protocol's step count, capped at the model's training timesteps T."""
     return min(PROTOCOL_STEPS, num_train_timesteps(pipeline))
@@ -54,12 +59,16 @@ def balanced_labels(count: int, classes: int) -> torch.Tensor:
 def digit_metrics(
     images: torch.Tensor, context: EvaluationContext, labels: torch.Tensor | None, colors: torch.Tensor | None
 ) -> dict[str, Any]:
-    """Recognisability, FD in classifier features, and where they apply conditional and color accuracy."""
+    """Recognisability, FD in classifier features, and where they apply conditional accuracy (digits
+    requested) and color accuracy (against the requested colors, or a clean palette color where the colors
+    were left free)."""
     probabilities, features = classify(images)
     predicted = probabilities.argmax(dim=1)
     row: dict[str, Any] = {"recognisability": recognisability(probabilities)}
-    if labels is not None:
+    if labels is not None and bool((labels != FREE).all()):
         row["conditional_accuracy"] = conditional_accuracy(probabilities, labels)
+    if colors is not None and bool((colors == FREE).any()):
+        colors = None
     row["fd_digits"] = frechet_distance(*feature_statistics(features), *context.digit_statistics())
     if images.shape[1] == 3:
         row["color_accuracy"] = color_accuracy(images, colors)
@@ -96,6 +105,7 @@ def evaluate_pipeline(
     extra: bool = True,
     context: EvaluationContext | None = None,
     progress: bool = True,
+    conditions: str | None = None,
 ) -> dict[str, Any]:
     """Sample `num_samples` images under one setting and score them; returns one result row.
 
@@ -104,7 +114,8 @@ def evaluate_pipeline(
     keeps the pipeline's own); `guidance_scale` None uses the pipeline's default. Digit models get
     recognisability and FD in classifier features, plus conditional accuracy (class-conditional) and color
     accuracy (RGB); FID/KID and FD-DINOv2 are added when available and `extra` is set. Labels are balanced
-    over the classes.
+    over the classes. For a model conditioned on digit and color, `conditions` says which are requested
+    (CONDITIONS; None: both), the other left free.
     """
     if num_inference_steps is None:
         num_inference_steps = protocol_steps(pipeline)
@@ -118,7 +129,7 @@ def evaluate_pipeline(
         pipeline.scheduler = make_scheduler(scheduler, original.config)
     try:
         row = _evaluate_setting(
-            pipeline, num_samples, batch_size, num_inference_steps, guidance_scale, seed, context, progress
+            pipeline, num_samples, batch_size, num_inference_steps, guidance_scale, seed, context, progress, conditions
         )
     finally:
         pipeline.scheduler = original
@@ -126,15 +137,25 @@ def evaluate_pipeline(
 
 
 def requested_labels(
-    pipeline: DiffusionPipeline, num_samples: int, seed: int
+    pipeline: DiffusionPipeline, num_samples: int, seed: int, conditions: str | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Balanced digit labels for a class-conditional pipeline and, for one that takes `color_labels`
-    (joint digit-and-color conditioning), balanced colors in a seeded order; None where not taken."""
+    (joint digit-and-color conditioning), balanced colors in a seeded order; None where not taken, FREE
+    where `conditions` leaves that label free."""
     labels = balanced_labels(num_samples, num_classes(pipeline)) if is_conditional(pipeline) else None
     colors = None
     if takes_color_labels(pipeline):
         order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
         colors = balanced_labels(num_samples, len(COLOR_NAMES))[order]
+        conditions = conditions or BOTH
+        if conditions not in CONDITIONS:
+            raise UserInputError(f"conditions must be one of {', '.join(CONDITIONS)}, got {conditions!r}")
+        if conditions == DIGIT_ONLY:
+            colors = torch.full_like(colors, FREE)
+        elif conditions == COLOR_ONLY:
+            labels = torch.full_like(labels, FREE)
+    elif conditions not in (None, DIGIT_ONLY):
+        raise UserInputError("only a model conditioned on digit and color can be asked for a color")
     return labels, colors
 
 
@@ -147,8 +168,9 @@ def _evaluate_setting(
     seed: int,
     context: EvaluationContext,
     progress: bool,
+    conditions: str | None,
 ) -> dict[str, Any]:
-    labels, colors = requested_labels(pipeline, num_samples, seed)
+    labels, colors = requested_labels(pipeline, num_samples, seed, conditions)
     if not takes_guidance(pipeline):
         guidance_scale = None
     elif guidance_scale is None:
@@ -165,6 +187,8 @@ def _evaluate_setting(
         "seed": seed,
         "samples_per_second": num_samples / max(seconds, 1e-9),
     }
+    if colors is not None:
+        row["conditions"] = conditions or BOTH
     if context.digits:
         row.update(digit_metrics(images, context, labels, colors))
     row.update(extra_metrics(images, context))
@@ -196,30 +220,35 @@ def sweep(
     seed: int = 0,
     context: EvaluationContext | None = None,
     progress: bool = True,
+    conditions: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One `evaluate_pipeline` row per (scheduler, steps, guidance) combination, all with the same seed;
-    guidance is ignored (a single row per scheduler and steps) for pipelines without any. `steps` None is
-    the protocol's (`protocol_steps`)."""
+    """One `evaluate_pipeline` row per (scheduler, steps, guidance, conditions) combination, all with the same
+    seed; guidance is ignored (a single row per scheduler and steps) for pipelines without any. `steps` None
+    is the protocol's (`protocol_steps`); `conditions` None is every one of CONDITIONS for a model conditioned
+    on digit and color, and ignored for others."""
     steps = [protocol_steps(pipeline)] if steps is None else steps
     check_step_counts(pipeline, schedulers, steps)
     context = context or make_context(pipeline)
     guidance_scales = guidance_scales if takes_guidance(pipeline) else (None,)
+    conditions = (conditions or CONDITIONS) if takes_color_labels(pipeline) else (None,)
     rows = []
     for scheduler in schedulers:
         for num_steps in steps:
             for guidance in guidance_scales:
-                row = evaluate_pipeline(
-                    pipeline,
-                    num_samples,
-                    batch_size,
-                    scheduler,
-                    num_steps,
-                    guidance,
-                    seed,
-                    context=context,
-                    progress=progress,
-                )
-                rows.append(row)
-                if progress:
-                    print(format_table([row], header=len(rows) == 1), flush=True)
+                for requested in conditions:
+                    row = evaluate_pipeline(
+                        pipeline,
+                        num_samples,
+                        batch_size,
+                        scheduler,
+                        num_steps,
+                        guidance,
+                        seed,
+                        context=context,
+                        progress=progress,
+                        conditions=requested,
+                    )
+                    rows.append(row)
+                    if progress:
+                        print(format_table([row], header=len(rows) == 1, like=rows[:1]), flush=True)
     return rows

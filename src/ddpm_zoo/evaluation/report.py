@@ -25,6 +25,7 @@ TABLE_COLUMNS = (
     ("scheduler", "scheduler", "{}"),
     ("num_inference_steps", "steps", "{}"),
     ("guidance_scale", "guidance", "{:g}"),
+    ("conditions", "requested", "{}"),
     ("conditional_accuracy", "cond. acc.", "{:.3f}"),
     ("recognisability", "recognisable", "{:.3f}"),
     ("fd_digits", "FD (digits)", "{:.3f}"),
@@ -36,9 +37,10 @@ TABLE_COLUMNS = (
 )
 
 
-def format_table(rows: Sequence[dict[str, Any]], header: bool = True) -> str:
-    """Rows as a fixed-width text table (Markdown-compatible); columns no row has are left out."""
-    columns = [c for c in TABLE_COLUMNS if any(row.get(c[0]) is not None for row in rows)]
+def format_table(rows: Sequence[dict[str, Any]], header: bool = True, like: Sequence[dict[str, Any]] = ()) -> str:
+    """Rows as a fixed-width text table (Markdown-compatible); columns that neither `rows` nor the rows
+    `like` (printed before, in the same table) have are left out."""
+    columns = [c for c in TABLE_COLUMNS if any(row.get(c[0]) is not None for row in (*rows, *like))]
     widths = [max(len(title), 9) for _, title, _ in columns]
     lines = []
     if header:
