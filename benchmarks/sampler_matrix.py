@@ -10,7 +10,8 @@ other weights (e.g. 0 and 1) for chosen cells, so the gain and the cost of guida
     python benchmarks/sampler_matrix.py ddpm-mnist-tiny-output --num_samples 500
     python benchmarks/sampler_matrix.py ddpm-colored-mnist-output --cells ddim:50,dpmsolver:20 --guidance 0,1
 
-`--without_range_keeping` samples with the pipelines' x_0 bound switched off, to show what it does.
+`--without_range_keeping` samples with the pipelines' x_0 bound switched off, to show what it does. A model
+conditioned on digit and color is asked for both, and for each with the other left free (`--conditions`).
 """
 
 import argparse
@@ -25,6 +26,8 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
+from ddpm_zoo.evaluation.protocol import CONDITIONS
+from ddpm_zoo.introspection import takes_color_labels
 from ddpm_zoo.training import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -78,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance_cells", default="dpmsolver:20,ddim:50")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--without_range_keeping", action="store_true")
+    parser.add_argument(
+        "--conditions",
+        default=",".join(CONDITIONS),
+        help="what a model conditioned on digit and color is asked for, comma list (default: all)",
+    )
     parser.add_argument("--output", help="JSON file name in benchmarks/results/")
     return parser.parse_args(argv)
 
@@ -102,21 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         settings += [(name, steps, w) for name, steps in parse_cells(args.guidance_cells) for w in weights]
     gflops_before = matmul_gflops(seconds=2.0)
     started = time.perf_counter()
+    conditions = args.conditions.split(",") if takes_color_labels(pipeline) else [None]
     rows = []
     for name, steps, guidance_scale in settings:
-        row = evaluate_pipeline(
-            pipeline,
-            num_samples=cell_samples(args, steps),
-            batch_size=args.batch_size,
-            scheduler=name,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            extra=False,
-            context=context,
-            progress=False,
-        )
-        rows.append(row)
-        print(format_table([row], header=len(rows) == 1), flush=True)
+        for requested in conditions:
+            row = evaluate_pipeline(
+                pipeline,
+                num_samples=cell_samples(args, steps),
+                batch_size=args.batch_size,
+                scheduler=name,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                extra=False,
+                context=context,
+                progress=False,
+                conditions=requested,
+            )
+            rows.append(row)
+            print(format_table([row], header=len(rows) == 1, like=rows[:1]), flush=True)
     report = {
         "date": datetime.date.today().isoformat(),
         "commit": git_commit(),

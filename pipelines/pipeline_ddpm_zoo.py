@@ -493,16 +493,19 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         colors: torch.Tensor | None = None,
         color_guidance_scale: float = 0.0,
     ) -> torch.Tensor:
-        """Classifier-free guidance towards `labels` (see `classifier_free_guidance`); with colors, composed
-        guidance towards the class and the color (see `composable_guidance`)."""
+        """Classifier-free guidance towards `labels` (see `classifier_free_guidance`); with colors, guidance
+        composed along null -> class -> (class, color) (see `composable_guidance`):
+        eps = eps(null) + w (eps(class) - eps(null)) + w_color (eps(class, color) - eps(class)),
+        with a free label's null value in its place, so a free color drops the last term and a free class
+        leaves eps(null) + w_color (eps(color) - eps(null))."""
         if not self.num_colors:
             return classifier_free_guidance(self.unet, model_input, t, labels, self.num_classes, guidance_scale)
-        conditions = [
-            (joint_label_index(labels, None, self.num_classes, self.num_colors), labels >= 0, guidance_scale),
-            (joint_label_index(None, colors, self.num_classes, self.num_colors), colors >= 0, color_guidance_scale),
+        chain = [
+            joint_label_index(None, None, self.num_classes, self.num_colors),
+            joint_label_index(labels, None, self.num_classes, self.num_colors),
+            joint_label_index(labels, colors, self.num_classes, self.num_colors),
         ]
-        null = joint_label_index(None, None, self.num_classes, self.num_colors)
-        return composable_guidance(self.unet, model_input, t, conditions, null)
+        return composable_guidance(self.unet, model_input, t, chain, [guidance_scale, color_guidance_scale])
 
     @torch.no_grad()
     def __call__(
@@ -518,7 +521,7 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
         batch_size: int | None = None,
         eta: float = 0.0,
         color_labels: int | str | list[int | str | None] | torch.Tensor | None = None,
-        color_guidance_scale: float = 3.0,
+        color_guidance_scale: float = 2.0,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Generate one image per entry of `class_labels` (and `color_labels`), or `batch_size` images of one.
@@ -536,8 +539,9 @@ class ClassConditionalDDPMPipeline(DDPMPipelineBase):
             color_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): for a model with
                 `color_names`, the color of each image, as indices or names such as `"red"`; `None` (the
                 default, or an entry) leaves the color free.
-            color_guidance_scale (`float`, defaults to 3.0): the guidance weight of the color, composed with
-                the class's: eps = eps(null) + w (eps(class) - eps(null)) + w_color (eps(color) - eps(null)).
+            color_guidance_scale (`float`, defaults to 2.0): the guidance weight of the color given the class,
+                eps = eps(null) + w (eps(class) - eps(null)) + w_color (eps(class, color) - eps(class)); with the
+                class free, eps(null) + w_color (eps(color) - eps(null)).
 
         Examples:
             ```py
@@ -699,28 +703,36 @@ def composable_guidance(
     unet: UNet2DModel,
     model_input: torch.Tensor,
     t: torch.Tensor,
-    conditions: list[tuple[torch.Tensor, torch.Tensor, float]],
-    null: int,
+    chain: list[torch.Tensor | int],
+    weights: list[float],
 ) -> torch.Tensor:
-    """Classifier-free guidance composed over conditions (the conjunction of Liu et al., 2022):
-    eps = eps(x, null) + sum_i w_i (eps(x, c_i) - eps(x, null)).
+    """Classifier-free guidance composed over conditions added one at a time (Ho & Salimans, 2022, eq. 6;
+    Liu et al., 2022, for composing): with class-embedding rows r_0 (null) ... r_n, each adding a condition,
+    eps = eps(r_0) + sum_i w_i (eps(r_i) - eps(r_{i-1})).
 
-    Each condition is (class-embedding rows, which images it applies to, w_i); an image where a condition
-    does not apply gets weight 0 from it. Conditions that no image uses with w_i > 0 are not evaluated; the
-    rest and the null prediction go through the UNet in one batched call. All weights 0 is the unconditional
-    prediction, one condition at weight 1 its conditional prediction.
+    By the chain rule p(x | a, b) = p(x) p(a | x) p(b | x, a), w_i weighs the i-th condition given the ones
+    before it; all w_i = 1 is the conditional prediction eps(r_n), all 0 the unconditional eps(r_0). An image
+    whose rows do not change at step i (a label left free) gets nothing from it. Steps that change no image's
+    rows, and trailing steps of weight 0, are not evaluated; the rest go through the UNet in one batched call.
     """
-    used = [(rows, weight * applies) for rows, applies, weight in conditions if weight > 0 and bool(applies.any())]
-    null_rows = torch.full((len(model_input),), null, device=model_input.device, dtype=torch.long)
-    stacked = torch.cat([model_input] * (len(used) + 1))
-    outputs = unet(stacked, t, class_labels=torch.cat([*(rows for rows, _ in used), null_rows])).sample
-    *conditional, unconditional = outputs.chunk(len(used) + 1)
+    rows = [torch.full((len(model_input),), row, device=model_input.device) if isinstance(row, int) else row
+            for row in chain]  # fmt: skip
+    steps = [(rows[i], rows[i - 1], float(weights[i - 1])) for i in range(1, len(rows))]
+    while steps and steps[-1][2] == 0:
+        steps.pop()
+    kept, scales = [rows[0]], []
+    for current, previous, weight in steps:
+        changed = current != previous
+        if bool(changed.any()):
+            kept.append(current)
+            scales.append(weight * changed)
+    outputs = unet(torch.cat([model_input] * len(kept)), t, class_labels=torch.cat(kept)).sample.chunk(len(kept))
     channels = model_input.shape[1]
-    mean = unconditional[:, :channels].clone()
-    for output, (_, weights) in zip(conditional, used, strict=True):
-        scale = weights.to(mean.dtype).view(-1, *([1] * (mean.dim() - 1)))
-        mean = mean + scale * (output[:, :channels] - unconditional[:, :channels])
-    variance = (conditional[0] if conditional else unconditional)[:, channels:]
+    mean = outputs[0][:, :channels]
+    for i, scale in enumerate(scales):
+        scale = scale.to(mean.dtype).view(-1, *([1] * (mean.dim() - 1)))
+        mean = mean + scale * (outputs[i + 1][:, :channels] - outputs[i][:, :channels])
+    variance = outputs[-1][:, channels:]
     return torch.cat([mean, variance], dim=1) if variance.shape[1] else mean
 
 

@@ -104,14 +104,19 @@ def test_a_run_without_ema_exports_its_training_weights(finished_run, tmp_path, 
     assert "| Published weights | final training weights (no EMA) |" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_a_conditional_checkpoint_keeps_its_class_names(conditional_run, tmp_path, capsys):
+def test_a_conditional_checkpoint_keeps_its_class_and_color_names(conditional_run, tmp_path, capsys):
     code, _, err = export(capsys, conditional_run / "checkpoint-3", "--output_dir", tmp_path / "out")
     assert code == 0, err
     index = json.loads((tmp_path / "out" / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "ClassConditionalDDPMPipeline"]
-    assert index["class_names"] == json.loads((conditional_run / "model_index.json").read_text())["class_names"]
+    published = json.loads((conditional_run / "model_index.json").read_text())
+    assert (index["class_names"], index["color_names"]) == (published["class_names"], published["color_names"])
+    assert index["color_names"].split(",")[0] == "red"
+    assert (tmp_path / "out" / "samples" / "grid.png").read_bytes() == (
+        conditional_run / "samples" / "grid.png"
+    ).read_bytes()
     pipeline = load_pipeline(str(tmp_path / "out"), device="cpu")
-    assert len(pipeline(class_labels=["zero", 1], num_inference_steps=2).images) == 2
+    assert len(pipeline(class_labels=["zero", 1], color_labels=["red", None], num_inference_steps=2).images) == 2
 
 
 @pytest.mark.parametrize(

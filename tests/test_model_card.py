@@ -243,3 +243,11 @@ def test_the_card_shows_the_loss_curve_where_the_run_drew_one(loss_curve):
 def test_the_card_names_the_installed_class_as_a_loader():
     text = " ".join(render_model_card(COLORED, "tester/colored-digits").text.split())
     assert 'ClassConditionalDDPMPipeline.from_pretrained("tester/colored-digits")` (from `ddpm_zoo.pipelines`)' in text
+
+
+def test_the_card_of_a_digit_and_color_model_asks_for_a_red_seven():
+    summary = dataclasses.replace(COLORED, color_names=("red", "green", "blue", "yellow", "cyan", "magenta"))
+    card = str(render_model_card(summary, "me/colored-digits", None))
+    assert 'pipe(class_labels=["seven", "three"], color_labels=["red", None], guidance_scale=3.0' in card
+    assert "a red seven, then a three of any color" in card
+    assert "`color_labels` the color (red, green, blue, yellow, cyan, magenta)" in card

@@ -159,6 +159,18 @@ def log_sample_grid(trackers: Iterable, grid: Image.Image, step: int) -> None:
             tracker.log_images({"samples": [image]}, step=step)
 
 
+@torch.no_grad()
+def additive_label_embedding(unet: UNet2DModel, num_classes: int, num_colors: int) -> None:
+    """Project the joint (class, color) embedding table onto the sums a_class + b_color, in place: its least-
+    squares fit, row mean + column mean - grand mean over the (num_classes + 1) x (num_colors + 1) grid.
+
+    Each row then learns from every image of its class and every image of its color, not only from the images
+    of its pair, while the table stays the UNet's own `class_embedding` (a plain `UNet2DModel`)."""
+    table = unet.class_embedding.weight.view(num_classes + 1, num_colors + 1, -1)
+    fitted = table.mean(1, keepdim=True) + table.mean(0, keepdim=True) - table.mean((0, 1), keepdim=True)
+    table.copy_(fitted)
+
+
 def build_network(network: type[ModelMixin], network_config: dict, num_class_embeds: int | None) -> ModelMixin:
     """The preset's network (a UNet2DModel, or the toy's PointDenoiser) from its config; conditional models get
     num_classes + 1 class embeddings (the last is the null class)."""
@@ -413,6 +425,8 @@ class Trainer:
         self.unet = build_network(
             self.preset.network, unet_config, self.data.num_class_embeds if self.labelled else None
         )
+        if self.data.color_names:
+            additive_label_embedding(self.unet, self.data.num_classes, len(self.data.color_names))
         self.preset_network = as_json(unet_config) == as_json(
             with_variance_channels(self.preset.unet, config.variance_type)
         )
@@ -847,6 +861,8 @@ class Trainer:
             self.optimizer.step()
             if accelerator.sync_gradients:
                 self.lr_scheduler.step()
+                if self.data.color_names:
+                    additive_label_embedding(self.unet, self.data.num_classes, len(self.data.color_names))
             self.optimizer.zero_grad(set_to_none=True)
         return loss
 
