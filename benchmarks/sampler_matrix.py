@@ -11,7 +11,8 @@ other weights (e.g. 0 and 1) for chosen cells, so the gain and the cost of guida
     python benchmarks/sampler_matrix.py ddpm-colored-mnist-output --cells ddim:50,dpmsolver:20 --guidance 0,1
 
 `--without_range_keeping` samples with the pipelines' x_0 bound switched off, to show what it does. A model
-conditioned on digit and color is asked for both, and for each with the other left free (`--conditions`).
+conditioned on digit and color is asked for both, and for each with the other left free (`--conditions`);
+`--conjunction` composes its guidance as Liu et al.'s conjunction instead of the pipeline's chain, to compare.
 """
 
 import argparse
@@ -28,6 +29,7 @@ from diffusers import DiffusionPipeline
 from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
 from ddpm_zoo.evaluation.protocol import CONDITIONS
 from ddpm_zoo.introspection import takes_color_labels
+from ddpm_zoo.pipelines import joint_label_index
 from ddpm_zoo.training import cpu_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -86,8 +88,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(CONDITIONS),
         help="what a model conditioned on digit and color is asked for, comma list (default: all)",
     )
+    parser.add_argument(
+        "--conjunction",
+        action="store_true",
+        help="digit and color models: guide by eps_null + w (eps_digit - eps_null) + w_color (eps_color - eps_null)",
+    )
     parser.add_argument("--output", help="JSON file name in benchmarks/results/")
     return parser.parse_args(argv)
+
+
+def use_conjunction(pipeline: DiffusionPipeline) -> None:
+    """Replace the pipeline's guidance for digit and color by Liu et al.'s (2022) conjunction, which guides
+    towards each label on its own: eps_null + w (eps(digit) - eps_null) + w_color (eps(color) - eps_null)."""
+    classes, colors_count = pipeline.num_classes, pipeline.num_colors
+
+    def conjunction(model_input, t, labels, guidance_scale, colors=None, color_guidance_scale=0.0):
+        rows = [
+            torch.full_like(labels, joint_label_index(None, None, classes, colors_count)),
+            joint_label_index(labels, None, classes, colors_count),
+            joint_label_index(None, colors, classes, colors_count),
+        ]
+        null, digit, color = pipeline.unet(torch.cat([model_input] * 3), t, class_labels=torch.cat(rows)).sample.chunk(
+            3
+        )
+        digit_weight = (guidance_scale * (labels >= 0)).view(-1, 1, 1, 1)
+        color_weight = (color_guidance_scale * (colors >= 0)).view(-1, 1, 1, 1)
+        return null + digit_weight * (digit - null) + color_weight * (color - null)
+
+    pipeline.guided_prediction = conjunction
 
 
 def cell_samples(args: argparse.Namespace, steps: int) -> int:
@@ -103,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = DiffusionPipeline.from_pretrained(args.model, trust_remote_code=True)
     if args.without_range_keeping:
         pipeline.keep_in_range = lambda model_output, sample, t: model_output
+    if args.conjunction:
+        use_conjunction(pipeline)
     context = make_context(pipeline, digits=True, reference=None, extra=False)
     settings = [(name, steps, None) for name, steps in parse_cells(args.cells)]
     if args.guidance:
@@ -136,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "loaded_with": "DiffusionPipeline.from_pretrained(model, trust_remote_code=True)",
         "scheduler_swap": "SchedulerClass.from_config(pipe.scheduler.config)",
         "range_keeping": not args.without_range_keeping,
+        "guidance_composition": "conjunction" if args.conjunction else "the pipeline's",
         "saved_scheduler_config": dict(pipeline.scheduler.config),
         "machine": {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "diffusers": diffusers.__version__,
