@@ -3,6 +3,7 @@ label handling, training's per-label dropout, and the commands end to end on tes
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -395,3 +396,23 @@ def test_any_dataset_with_two_label_columns(tmp_path):
     assert refused.returncode != 0
     assert "error: the second label column 'plain' needs class names: make it a ClassLabel column" in refused.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+@pytest.mark.slow
+def test_a_two_label_run_resumes_bitwise_and_trains_on_two_processes(tmp_path):
+    config = write_tiny_unet_config(tmp_path / "config", channels=3)
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    result = launch("train_conditional.py", tiny_training_args(reference, config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed.mkdir()
+    shutil.copytree(reference / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copy(reference / "ddpm_zoo_run.json", resumed / "ddpm_zoo_run.json")
+    result = launch("train_conditional.py", tiny_training_args(resumed, config, resume_from_checkpoint="latest"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("checkpoint-6/model.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        assert (reference / name).read_bytes() == (resumed / name).read_bytes(), name
+    two = tmp_path / "two-processes"
+    result = launch("train_conditional.py", tiny_training_args(two, config, train_batch_size="8"), num_processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    published = UNet2DModel.from_pretrained(two, subfolder="unet")
+    assert published.config.num_class_embeds == ROWS and is_additive(published.class_embedding.weight.detach())
