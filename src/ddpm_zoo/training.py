@@ -824,10 +824,9 @@ class Trainer:
         """Class-embedding rows of a batch's labels, each label replaced by its null value with probability
         `cond_drop_prob`, independently (classifier-free guidance training, Ho & Salimans, 2022, Algorithm 1)."""
         drop = torch.rand(labels.shape, device=labels.device) < self.config.cond_drop_prob
-        if labels.dim() == 1:
-            return torch.where(drop, torch.full_like(labels, self.data.num_classes), labels)
-        kept = torch.where(drop, torch.full_like(labels, -1), labels)
-        return joint_label_index(kept[:, 0], kept[:, 1], self.data.num_classes, len(self.data.color_names))
+        kept = labels.masked_fill(drop, -1)
+        classes, colors = (kept, None) if kept.dim() == 1 else (kept[:, 0], kept[:, 1])
+        return joint_label_index(classes, colors, self.data.num_classes, len(self.data.color_names))
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One micro-batch: noise the images (eq. 4), predict, regress the target (eq. 14)."""

@@ -69,7 +69,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--color_guidance_scale",
         type=float,
         default=None,
-        help="guidance weight w >= 0 of the color, composed with the class's (default: the pipeline's, 3)",
+        help="guidance weight w >= 0 of the color, composed with the class's (default: the pipeline's, 2)",
     )
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch_size", type=int, default=64, help="images per pipeline call")
