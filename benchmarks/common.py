@@ -16,6 +16,11 @@ from ddpm_zoo.training import Trainer, cpu_model
 RESULTS_DIR = Path(__file__).with_name("results")
 
 
+# The development machine type's typical fp32 2048^3 matmul rate (AMD EPYC, 2 cores): wall times are scaled to it
+# by the rate measured around a run, since the shared cores' speed varies between runs.
+NOMINAL_CPU_GFLOPS = 164
+
+
 def matmul_gflops(seconds: float = 3.0, size: int | None = None, device: str = "cpu", dtype=torch.float32) -> float:
     """Achieved GFLOP/s of a size x size matmul loop (2 n^3 FLOPs each) for about `seconds`; 2048 on a CPU,
     8192 on a GPU (smaller products leave a Hopper GPU's tensor cores partly idle)."""

@@ -26,7 +26,10 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from ddpm_zoo.data import load_mnist_5k_arrays
 from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
+from ddpm_zoo.evaluation.classifier import classifier_split, classify
+from ddpm_zoo.evaluation.metrics import frechet_distance_features
 from ddpm_zoo.evaluation.protocol import CONDITIONS
 from ddpm_zoo.introspection import takes_color_labels
 from ddpm_zoo.pipelines import joint_label_index
@@ -118,6 +121,16 @@ def use_conjunction(pipeline: DiffusionPipeline) -> None:
     pipeline.guided_prediction = conjunction
 
 
+def held_out_real_fd(num_samples: int, seed: int = 0) -> float:
+    """FD of `num_samples` of the digit classifier's 500 held-out real digits (a seeded draw) against its 4,500
+    training digits: what real data scores at a cell's sample count (500: 0.21, docs/evaluation.md)."""
+    arrays, labels = load_mnist_5k_arrays()
+    train, test = classifier_split(torch.from_numpy(labels))
+    pick = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:num_samples]]
+    _, features = classify(torch.from_numpy(arrays).unsqueeze(1))
+    return frechet_distance_features(features[pick], features[train])
+
+
 def cell_samples(args: argparse.Namespace, steps: int) -> int:
     if not args.max_samples_per_step_budget:
         return args.num_samples
@@ -138,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.guidance:
         weights = [float(w) for w in args.guidance.split(",")]
         settings += [(name, steps, w) for name, steps in parse_cells(args.guidance_cells) for w in weights]
+    counts = {cell_samples(args, steps) for _, steps, _ in settings}
+    real_fd = {n: held_out_real_fd(n) for n in counts} if pipeline.unet.config.in_channels == 1 else {}
     gflops_before = matmul_gflops(seconds=2.0)
     started = time.perf_counter()
     conditions = args.conditions.split(",") if takes_color_labels(pipeline) else [None]
@@ -156,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False,
                 conditions=requested,
             )
+            if row["num_samples"] in real_fd:
+                row["fd_over_real_fd"] = row["fd_digits"] / real_fd[row["num_samples"]]
             rows.append(row)
             print(format_table([row], header=len(rows) == 1, like=rows[:1]), flush=True)
     report = {
@@ -172,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "diffusers": diffusers.__version__,
         "matmul_fp32_gflops": [gflops_before, matmul_gflops(seconds=2.0)],
         "wall_seconds": time.perf_counter() - started,
+        "held_out_real_fd": {str(n): fd for n, fd in sorted(real_fd.items())},
         "rows": rows,
     }
     name = args.output or f"sampler_matrix-{Path(args.model.rstrip('/')).name}.json"

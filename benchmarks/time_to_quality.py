@@ -12,6 +12,7 @@ colored-mnist) and reports the training seconds recorded in the first checkpoint
 """
 
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine, matmul_gflops, print_table, write_json  # noqa: E402
+from common import NOMINAL_CPU_GFLOPS, git_commit, machine, matmul_gflops, print_table, write_json  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from ddpm_zoo import evaluation  # noqa: E402
@@ -67,23 +68,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mnist-tiny", choices=sorted(TARGETS))
     parser.add_argument("--output_dir", default="time-to-quality-run")
-    parser.add_argument("--every", type=int, default=250, help="checkpoint (and score) every N steps")
+    parser.add_argument(
+        "--every", type=int, default=250, help="checkpoint (and score) every N steps; 0: the bare command, timed"
+    )
     parser.add_argument("--max_train_steps", type=int, help="default: the preset's")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--score_every", type=int, default=250, help="score checkpoints whose step is a multiple")
+    parser.add_argument("--output", help="JSON file name in benchmarks/results/ (default: by preset)")
     parser.add_argument("--skip_training", action="store_true", help="only score the checkpoints of --output_dir")
     args = parser.parse_args()
     output = Path(args.output_dir)
     gflops = matmul_gflops()
+    run = {}
     if not args.skip_training:
         script = "train_conditional.py" if args.preset == "colored-mnist" else "train_unconditional.py"
         command = ["accelerate", "launch", str(REPO / script), "--preset", args.preset, "--output_dir", str(output)]
-        command += ["--checkpointing_steps", str(args.every), "--checkpoints_total_limit", "1000"]
+        if args.every:
+            command += ["--checkpointing_steps", str(args.every), "--checkpoints_total_limit", "1000"]
         if args.max_train_steps:
             command += ["--max_train_steps", str(args.max_train_steps)]
         start = time.perf_counter()
         subprocess.run(command, check=True)
-        print(f"training run: {time.perf_counter() - start:.0f} s wall (start-up, grids and saving included)")
+        wall = time.perf_counter() - start
+        during = (gflops + matmul_gflops()) / 2  # the rate before and after the run
+        run = {"run_wall_s": round(wall, 1), "matmul_gflops_around_run": round(during, 1)}
+        run["run_wall_s_at_nominal_speed"] = round(wall * during / NOMINAL_CPU_GFLOPS, 1)
+        print(
+            f"training run: {wall:.0f} s wall (start-up, grids and saving included); fp32 matmul {during:.0f} GFLOP/s "
+            f"around it: {run['run_wall_s_at_nominal_speed']:.0f} s at the nominal {NOMINAL_CPU_GFLOPS} GFLOP/s"
+        )
     record = json.loads((output / RUN_RECORD).read_text())
     metric, target = TARGETS[record["preset"]]
     rows = []
@@ -108,14 +121,19 @@ def main() -> None:
         print_table(rows[-1:], list(rows[-1]))
     reached = next((row for row in rows if row["meets_target"]), None)
     print()
-    print_table(rows, list(rows[0]))
+    if rows:
+        print_table(rows, list(rows[0]))
     summary = f"{metric} >= {target}: " + (
         f"reached at step {reached['step']} after {reached['train_s']} s of training" if reached else "not reached"
     )
+    if not rows:
+        summary = "no checkpoint scored (score the published folder with benchmarks/sampler_matrix.py)"
     print(f"\n{summary} (fp32 matmul {gflops:.0f} GFLOP/s in this run)")
-    payload = {"machine": machine(), "matmul_gflops": gflops, "preset": record["preset"], "target": [metric, target]}
+    payload = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "machine": machine()}
+    payload |= {"matmul_gflops": gflops, "preset": record["preset"], "target": [metric, target]}
+    payload |= run
     payload |= {"num_samples": args.num_samples, "sampler": "dpmsolver 25 steps", "rows": rows, "summary": summary}
-    path = write_json(f"time_to_quality-{record['preset']}-cpu.json", payload)
+    path = write_json(args.output or f"time_to_quality-{record['preset']}-cpu.json", payload)
     print(f"wrote {path}")
 
 

@@ -7,7 +7,10 @@ import torch
 from conftest import launch, tiny_training_args, write_tiny_unet_config
 from diffusers import DDPMScheduler
 
-from ddpm_zoo.objectives import diffusion_loss, min_snr_weights
+from ddpm_zoo.commands.train import parse_config
+from ddpm_zoo.errors import UserInputError
+from ddpm_zoo.objectives import IMPORTANCE_UNIFORM_SHARE, diffusion_loss, importance_proposal, min_snr_weights
+from ddpm_zoo.training import Trainer
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -43,3 +46,61 @@ def test_training_with_snr_gamma_is_recorded_in_the_card(tmp_path):
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["card"]["snr_gamma"] == 5.0
     assert "| Loss weighting | Min-SNR-γ, γ = 5 |" in (output / "README.md").read_text()
+
+
+def test_importance_proposal_mixes_uniform_and_weight_mass():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    weights = min_snr_weights(scheduler, "v_prediction", gamma=5.0).double()
+    proposal = importance_proposal(weights, uniform_share=0.25)
+    assert float(proposal.sum()) == pytest.approx(1.0, abs=1e-9)
+    assert torch.allclose(proposal, 0.25 / 1000 + 0.75 * weights / weights.sum())
+    assert float(proposal[weights.argmax()]) > 10 * float(proposal[999])  # near-pure noise is drawn rarely
+
+
+def test_importance_sampled_loss_has_the_uniform_expectation():
+    """E_{t~p}[w(t) / (T p(t)) f(t)] = (1/T) sum_t w(t) f(t): the objective of uniform t, exactly."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    weights = min_snr_weights(scheduler, "v_prediction", gamma=5.0).double()
+    proposal = importance_proposal(weights, uniform_share=0.25)
+    per_timestep_error = torch.linspace(2.0, 0.01, 1000, dtype=torch.float64)
+    importance = (proposal * weights / (1000 * proposal) * per_timestep_error).sum()
+    uniform = (weights * per_timestep_error).mean()
+    assert float(importance) == pytest.approx(float(uniform), rel=1e-12)
+
+
+def test_trainer_draws_timesteps_from_the_proposal_and_reweights_the_loss(tmp_path):
+    config = write_tiny_unet_config(tmp_path / "config")
+    argv = ["--preset", "mnist-tiny", "--model_config_name_or_path", str(config), "--output_dir", str(tmp_path / "r")]
+    argv += ["--prediction_type", "v_prediction", "--snr_gamma", "5", "--timestep_sampling", "importance"]
+    argv += ["--max_train_steps", "2", "--logger", "none", "--self_guidance_clusters", "0"]
+    trainer = Trainer(parse_config(argv, conditional=False))
+    weights = min_snr_weights(trainer.noise_scheduler, "v_prediction", 5.0)
+    proposal = importance_proposal(weights, IMPORTANCE_UNIFORM_SHARE)
+    assert torch.allclose(trainer.timestep_probs, proposal)
+    assert torch.allclose(trainer.loss_weights, weights / (1000 * proposal))
+    drawn = []
+    real_forward = trainer.model.forward
+
+    def recording_forward(noisy, t, **kwargs):
+        drawn.append(t.clone())
+        return real_forward(noisy, t, **kwargs)
+
+    trainer.model.forward = recording_forward
+    images = torch.zeros(2000, 1, 8, 8, dtype=torch.uint8)
+    for chunk in images.split(500):
+        trainer.training_step(chunk, None)
+    counts = torch.bincount(torch.cat(drawn), minlength=1000).double()
+    below_median = int((proposal.cumsum(0) < 0.5).sum())
+    assert float(counts[:below_median].sum() / counts.sum()) == pytest.approx(0.5, abs=0.03)
+    assert float(counts[700:].sum() / counts.sum()) < 0.1  # uniform draws would put 30 % there
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--snr_gamma", "5", "--timestep_sampling", "importance", "--variance_type", "learned_range"], "bound term"),
+    ],
+)
+def test_importance_sampling_refuses_what_it_cannot_reweight(argv, message):
+    with pytest.raises(UserInputError, match=message):
+        parse_config(argv, conditional=False)

@@ -3,13 +3,15 @@
 import json
 
 import pytest
+import torch
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention
 
 from ddpm_zoo.commands.train import parse_config
-from ddpm_zoo.config import load_unet_config
+from ddpm_zoo.config import COMPILE_MIN_STEPS, load_unet_config
 from ddpm_zoo.errors import UserInputError
 from ddpm_zoo.presets import PRESETS, get_preset
+from ddpm_zoo.training import compiles_by_default, cpp_compiler
 
 
 def parameter_count(model) -> int:
@@ -119,7 +121,7 @@ def test_num_epochs_replaces_the_presets_step_count():
     assert by_epochs.num_epochs == 3 and by_epochs.max_train_steps is None
     both = parse_config(["--num_epochs", "3", "--max_train_steps", "7"])
     assert both.max_train_steps == 7
-    assert parse_config([]).max_train_steps == 1700  # the preset's
+    assert parse_config([]).max_train_steps == 1300  # the preset's
 
 
 def test_diffusers_example_options_are_accepted():
@@ -152,8 +154,11 @@ def test_compile_modes_without_cuda_graphs_accumulate_gradients():
     for mode in ("default", "max-autotune-no-cudagraphs"):
         argv = ["--compile", "--compile_mode", mode, "--gradient_accumulation_steps", "2"]
         assert parse_config(argv, conditional=False).compile_mode == mode
-    argv = ["--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"]  # no --compile: unused
+    argv = ["--no-compile", "--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"]  # unused
     assert parse_config(argv, conditional=False).compile is False
+    argv = ["--compile_mode", "reduce-overhead", "--gradient_accumulation_steps", "2"]  # compiled by default
+    with pytest.raises(UserInputError, match="or --no-compile"):
+        parse_config(argv, conditional=False)
 
 
 def test_self_guidance_defaults_apply_to_unconditional_mnist_tiny_only():
@@ -182,3 +187,17 @@ def test_the_presets_own_network_is_recognised_for_its_card(tmp_path):
     assert as_json(from_file) == as_json(preset.unet)
     smaller = resolve_unet_config(parse_config(["--resolution", "16"]), preset)
     assert as_json(smaller) != as_json(preset.unet)
+
+
+def test_compile_is_on_by_default_only_where_it_pays():
+    cpu = torch.device("cpu")
+    assert not compiles_by_default(cpu, COMPILE_MIN_STEPS["cpu"] - 1)
+    assert not compiles_by_default(torch.device("cuda"), COMPILE_MIN_STEPS["cuda"] - 1)
+    assert compiles_by_default(torch.device("cuda"), COMPILE_MIN_STEPS["cuda"])
+    assert not compiles_by_default(torch.device("mps"), 10**6)
+    assert compiles_by_default(cpu, COMPILE_MIN_STEPS["cpu"]) == (cpp_compiler() is not None)
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        assert cpp_compiler() is None
+        assert not compiles_by_default(cpu, 10**6)  # no C++ compiler: eager, the fallback
+    assert parse_config([], conditional=False).compile is None  # decided by the trainer, which knows the device
+    assert parse_config(["--no-compile"], conditional=False).compile is False

@@ -52,6 +52,7 @@ class TrainingSummary:
     num_processes: int = 1
     prediction_type: str = "epsilon"
     snr_gamma: float | None = None
+    timestep_sampling: str = "uniform"
     class_names: tuple[str, ...] = ()
     color_names: tuple[str, ...] = ()
     local_dataset: bool = False
@@ -115,6 +116,14 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def loss_weighting(summary: TrainingSummary) -> str:
+    """The card's loss-weighting cell: Min-SNR-γ or uniform, and how the timesteps were drawn."""
+    weighting = "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"
+    if summary.timestep_sampling == "importance":
+        return f"{weighting}, timesteps importance-sampled by weight"
+    return weighting
+
+
 def sampling_guidance(summary: TrainingSummary) -> str:
     """The card's description of the pipeline's default guidance."""
     if summary.conditional:
@@ -143,7 +152,7 @@ def training_rows(summary: TrainingSummary, dataset_shown: str) -> list[tuple[st
         ("Noise schedule", f"{summary.beta_schedule} betas, {summary.num_train_timesteps} steps"),
         ("Published weights", "EMA of training" if summary.use_ema else "final training weights (no EMA)"),
         ("Prediction type", summary.prediction_type),
-        ("Loss weighting", "uniform" if summary.snr_gamma is None else f"Min-SNR-γ, γ = {summary.snr_gamma:g}"),
+        ("Loss weighting", loss_weighting(summary)),
         ("Reverse-process variance", VARIANCE_SHOWN.get(summary.variance_type, summary.variance_type)),
         ("Sampling guidance", sampling_guidance(summary)),
         ("Hardware", summary.hardware),

@@ -16,7 +16,7 @@ from typing import Any
 from accelerate.utils import LoggerType
 
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.objectives import VARIANCE_TYPES
+from ddpm_zoo.objectives import TIMESTEP_SAMPLINGS, VARIANCE_TYPES
 from ddpm_zoo.presets import CONDITIONAL_PRESET, PRESETS, UNCONDITIONAL_PRESET, get_preset
 from ddpm_zoo.publish import check_push_target
 
@@ -24,6 +24,9 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# Runs shorter than this do not win back a cold compile: a GPU step gains 1.7-3x (docs/performance.md); a CPU
+# step gains 0-1.5x after one to two minutes of compiling.
+COMPILE_MIN_STEPS = {"cuda": 500, "cpu": 5000}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 ATTENTION_KERNELS = ("auto", "sdpa", "classic")
@@ -132,6 +135,13 @@ class TrainingConfig:
         MODEL,
         valid=FINITE_POSITIVE,
     )
+    timestep_sampling: str = option(
+        "uniform",
+        "how training timesteps are drawn: uniform, or importance (in proportion to the Min-SNR weights, a quarter "
+        "of them uniform, each loss reweighted so that the objective is unchanged)",
+        MODEL,
+        choices=TIMESTEP_SAMPLINGS,
+    )
     cond_drop_prob: float = option(
         0.1,
         "probability of the null class (or null cluster); with two label columns, of each one's null value, "
@@ -202,7 +212,13 @@ class TrainingConfig:
         OPTIMISATION,
         choices=MIXED_PRECISION,
     )
-    compile: bool = option(False, "torch.compile the UNet", OPTIMISATION)
+    compile: bool | None = option(
+        None,
+        "torch.compile the UNet (default: on for runs of at least {cuda:,} optimizer steps on a GPU, or {cpu:,} "
+        "on a CPU where Inductor finds a C++ compiler; a first run compiles for one to two minutes, later runs "
+        "reuse Inductor's cache)".format(**COMPILE_MIN_STEPS),
+        OPTIMISATION,
+    )
     compile_mode: str = option(
         "default",
         "torch.compile mode with --compile; 'reduce-overhead' replays CUDA graphs, which removes the "
@@ -397,11 +413,19 @@ def validate(config: TrainingConfig) -> None:
         )
     if config.self_guidance_clusters and config.streaming:
         raise UserInputError("--self_guidance_clusters clusters the whole dataset in memory; drop --streaming")
-    if config.compile and config.compile_mode in CUDA_GRAPH_MODES and config.gradient_accumulation_steps > 1:
+    if config.timestep_sampling == "importance" and config.snr_gamma is None:
+        raise UserInputError("--timestep_sampling importance draws timesteps by the Min-SNR weights: give --snr_gamma")
+    if config.timestep_sampling == "importance" and config.variance_type == "learned_range":
+        raise UserInputError(
+            "--timestep_sampling importance reweights the simple loss only, not learned_range's bound term: "
+            "use --timestep_sampling uniform"
+        )
+    graphs = config.compile is not False and config.compile_mode in CUDA_GRAPH_MODES
+    if graphs and config.gradient_accumulation_steps > 1:
         raise UserInputError(
             f"--compile_mode {config.compile_mode} replays CUDA graphs, which reuse the gradient buffers of every "
             "micro-batch (PyTorch issues #96693, #169545): use --gradient_accumulation_steps 1 or --compile_mode "
-            "default / max-autotune-no-cudagraphs"
+            "default / max-autotune-no-cudagraphs (or --no-compile)"
         )
     if config.hub_token is not None and config.logger in COMMAND_LINE_TRACKERS:
         raise UserInputError(

@@ -170,6 +170,7 @@ def card_summary(checkpoint: Checkpoint, pipeline: DiffusionPipeline, loss_curve
         num_processes=processes,
         prediction_type=config.prediction_type,
         snr_gamma=config.snr_gamma,
+        timestep_sampling=config.timestep_sampling,
         class_names=tuple(pipeline.labels) if config.conditional else (),
         color_names=tuple(pipeline.colors) if config.conditional else (),
         local_dataset=config.train_data_dir is not None,

@@ -71,6 +71,19 @@ def min_snr_weights(scheduler: DDPMScheduler, prediction_type: str, gamma: float
     return clipped
 
 
+TIMESTEP_SAMPLINGS = ("uniform", "importance")
+IMPORTANCE_UNIFORM_SHARE = 0.25
+
+
+def importance_proposal(weights: torch.Tensor, uniform_share: float) -> torch.Tensor:
+    """A proposal p(t) for drawing training timesteps: `uniform_share` of uniform mass plus the rest in proportion
+    to the loss weights w(t). Drawing t ~ p and weighting a sample's loss by w(t) / (T p(t)) keeps the expected
+    loss of uniform t (importance sampling, as for L_vlb in Nichol & Dhariwal, 2021, Sec. 3.3) while spending
+    fewer samples where w(t) is near zero."""
+    count = weights.numel()
+    return uniform_share / count + (1 - uniform_share) * weights / weights.sum()
+
+
 def diffusion_loss(
     prediction: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weights: torch.Tensor | None
 ) -> torch.Tensor:

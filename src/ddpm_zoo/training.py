@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,12 +60,14 @@ from ddpm_zoo.checkpoints import (
     write_atomically,
 )
 from ddpm_zoo.clustering import cluster_images
-from ddpm_zoo.config import CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
+from ddpm_zoo.config import COMPILE_MIN_STEPS, CUDA_GRAPH_MODES, TrainingConfig, load_unet_config
 from ddpm_zoo.errors import TrainingStopped, UserInputError
 from ddpm_zoo.objectives import (
+    IMPORTANCE_UNIFORM_SHARE,
     DiffusionTerms,
     diffusion_loss,
     hybrid_loss,
+    importance_proposal,
     min_snr_weights,
     noise_scheduler,
     training_target,
@@ -198,6 +201,24 @@ def attention_layers(unet: UNet2DModel) -> Iterator[tuple[Attention, int]]:
         for module in block.modules() if block is not None else ():
             if isinstance(module, Attention):
                 yield module, pixels // 4**level
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor would use for CPU kernels, or None where it finds none."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        return get_cpp_compiler()
+    except Exception:  # Inductor raises its own error types when the search fails
+        return None
+
+
+def compiles_by_default(device: torch.device, max_train_steps: int) -> bool:
+    """Whether a run without --compile / --no-compile compiles its UNet: long enough to win back a cold compile,
+    and Inductor has its code generator there (Triton on CUDA, a C++ compiler on a CPU)."""
+    if max_train_steps < COMPILE_MIN_STEPS.get(device.type, math.inf):
+        return False
+    return device.type == "cuda" or cpp_compiler() is not None
 
 
 def select_attention(unet: UNet2DModel, kernel: str, device: torch.device) -> str:
@@ -468,6 +489,10 @@ class Trainer:
             config.save_images_epochs * steps_per_epoch if config.save_images_epochs else config.save_images_steps
         )
         self.guide_step = guide_step(config, self.max_train_steps)
+        if config.compile is None:
+            config.compile = compiles_by_default(self.accelerator.device, self.max_train_steps)
+            if config.compile:
+                logger.info("torch.compile on: the default for a run this long (--no-compile runs eagerly)")
         self.guide_unet: ModelMixin | None = None
         self.hub_repo_id = prepare_push_repo(config, self.accelerator)
         pushes_snapshots = self.hub_repo_id is not None and config.hub_strategy != "end"
@@ -508,7 +533,11 @@ class Trainer:
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=self.max_train_steps,
         )
-        model = torch.compile(self.unet, mode=config.compile_mode) if config.compile else self.unet
+        model = self.unet
+        if config.compile:
+            # diffusers' version checks are lru_cached; Dynamo traces through them and warns at each call site.
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+            model = torch.compile(self.unet, mode=config.compile_mode)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         accelerator.register_for_checkpointing(self.lr_scheduler)
         if self.ema is not None:
@@ -519,6 +548,10 @@ class Trainer:
             if config.snr_gamma is not None
             else None
         )
+        self.timestep_probs = None
+        if config.timestep_sampling == "importance" and self.loss_weights is not None:
+            self.timestep_probs = importance_proposal(self.loss_weights, IMPORTANCE_UNIFORM_SHARE)
+            self.loss_weights = self.loss_weights / (self.loss_weights.numel() * self.timestep_probs)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -658,6 +691,7 @@ class Trainer:
             num_processes=summary["num_processes"],
             prediction_type=config.prediction_type,
             snr_gamma=config.snr_gamma,
+            timestep_sampling=config.timestep_sampling,
             class_names=self.data.class_names,
             color_names=self.data.color_names,
             local_dataset=config.train_data_dir is not None,
@@ -838,7 +872,10 @@ class Trainer:
         if config.channels_last:
             clean = clean.contiguous(memory_format=torch.channels_last)
         noise = torch.randn_like(clean)
-        t = torch.randint(0, config.ddpm_num_steps, (clean.shape[0],), device=clean.device)
+        if self.timestep_probs is None:
+            t = torch.randint(0, config.ddpm_num_steps, (clean.shape[0],), device=clean.device)
+        else:
+            t = torch.multinomial(self.timestep_probs, clean.shape[0], replacement=True)
         noisy = self.noise_scheduler.add_noise(clean, noise, t)
         class_labels = None
         if self.labelled:
