@@ -173,7 +173,16 @@ PRESETS: dict[str, Preset] = {
         scheduler=DDPM_SCHEDULE,
         # Digit and color, each left out (its null value) for 30 % of the images, independently: the single-
         # condition predictions that composed guidance combines are then trained on a fifth of the images each.
-        training={**_DIGIT_TRAINING, "colorize": True, "label_columns": "label,color", "cond_drop_prob": 0.3},
+        # The two labels need the longer run: mnist-tiny's five-minute schedule reached digit accuracy 0.85.
+        training={
+            **_DIGIT_TRAINING,
+            "train_batch_size": 64,
+            "max_train_steps": 1700,
+            "timestep_sampling": "uniform",
+            "colorize": True,
+            "label_columns": "label,color",
+            "cond_drop_prob": 0.3,
+        },
         dataset=MNIST_INFO,
         class_names=DIGIT_NAMES,
         tags=("mnist", "colored-mnist"),
