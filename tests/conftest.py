@@ -126,4 +126,5 @@ def tiny_training_args(output_dir: Path, config_dir: Path, steps: int = 6, **ove
         "mixed_precision": "no",
         **overrides,
     }
-    return [item for key, value in options.items() for item in (f"--{key}", value)]
+    # Test-sized runs never compile (a long --max_train_steps would otherwise turn torch.compile on).
+    return [*(item for key, value in options.items() for item in (f"--{key}", value)), "--no-compile"]

@@ -130,6 +130,7 @@ def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
         "--batch",
         "16",
         *("--warmup", "1", "--steps", "2"),
+        "--ours_flags=--no-compile",
     )
     shares = {row["category"]: row["share_pct"] for row in report["categories"]}
     assert sum(shares.values()) == pytest.approx(100, abs=0.5)

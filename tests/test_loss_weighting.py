@@ -9,7 +9,14 @@ from diffusers import DDPMScheduler
 
 from ddpm_zoo.commands.train import parse_config
 from ddpm_zoo.errors import UserInputError
-from ddpm_zoo.objectives import IMPORTANCE_UNIFORM_SHARE, diffusion_loss, importance_proposal, min_snr_weights
+from ddpm_zoo.objectives import (
+    IMPORTANCE_UNIFORM_SHARE,
+    DiffusionTerms,
+    diffusion_loss,
+    hybrid_loss,
+    importance_proposal,
+    min_snr_weights,
+)
 from ddpm_zoo.training import Trainer
 
 
@@ -45,7 +52,8 @@ def test_training_with_snr_gamma_is_recorded_in_the_card(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["card"]["snr_gamma"] == 5.0
-    assert "| Loss weighting | Min-SNR-γ, γ = 5 |" in (output / "README.md").read_text()
+    row = "| Loss weighting | Min-SNR-γ, γ = 5, timesteps importance-sampled by weight |"  # mnist-tiny's default
+    assert row in (output / "README.md").read_text()
 
 
 def test_importance_proposal_mixes_uniform_and_weight_mass():
@@ -95,12 +103,22 @@ def test_trainer_draws_timesteps_from_the_proposal_and_reweights_the_loss(tmp_pa
     assert float(counts[700:].sum() / counts.sum()) < 0.1  # uniform draws would put 30 % there
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--snr_gamma", "5", "--timestep_sampling", "importance", "--variance_type", "learned_range"], "bound term"),
-    ],
-)
-def test_importance_sampling_refuses_what_it_cannot_reweight(argv, message):
-    with pytest.raises(UserInputError, match=message):
-        parse_config(argv, conditional=False)
+def test_importance_sampling_needs_loss_weights_to_draw_by():
+    with pytest.raises(UserInputError, match="give --snr_gamma"):
+        parse_config(["--preset", "cifar10-ddpm", "--timestep_sampling", "importance"], conditional=False)
+
+
+def test_hybrid_loss_scales_each_bound_term_by_its_importance_factor():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    terms = DiffusionTerms(scheduler)
+    generator = torch.Generator().manual_seed(0)
+    x_0 = torch.rand(4, 1, 4, 4, generator=generator) * 2 - 1
+    x_t = torch.randn(4, 1, 4, 4, generator=generator)
+    prediction = torch.randn(4, 2, 4, 4, generator=generator)
+    target = torch.randn(4, 1, 4, 4, generator=generator)
+    t = torch.tensor([0, 10, 500, 999])
+    plain = hybrid_loss(terms, prediction, target, "epsilon", x_0, x_t, t, None)
+    factors = torch.full((1000,), 3.0)
+    scaled = hybrid_loss(terms, prediction, target, "epsilon", x_0, x_t, t, None, factors)
+    simple = diffusion_loss(prediction[:, :1], target, t, None)
+    assert float(scaled - simple) == pytest.approx(3 * float(plain - simple), rel=1e-5)

@@ -138,7 +138,7 @@ class TrainingConfig:
     timestep_sampling: str = option(
         "uniform",
         "how training timesteps are drawn: uniform, or importance (in proportion to the Min-SNR weights, a quarter "
-        "of them uniform, each loss reweighted so that the objective is unchanged)",
+        "of them uniform, each loss term reweighted so that the objective is unchanged)",
         MODEL,
         choices=TIMESTEP_SAMPLINGS,
     )
@@ -415,11 +415,6 @@ def validate(config: TrainingConfig) -> None:
         raise UserInputError("--self_guidance_clusters clusters the whole dataset in memory; drop --streaming")
     if config.timestep_sampling == "importance" and config.snr_gamma is None:
         raise UserInputError("--timestep_sampling importance draws timesteps by the Min-SNR weights: give --snr_gamma")
-    if config.timestep_sampling == "importance" and config.variance_type == "learned_range":
-        raise UserInputError(
-            "--timestep_sampling importance reweights the simple loss only, not learned_range's bound term: "
-            "use --timestep_sampling uniform"
-        )
     graphs = config.compile is not False and config.compile_mode in CUDA_GRAPH_MODES
     if graphs and config.gradient_accumulation_steps > 1:
         raise UserInputError(

@@ -232,14 +232,18 @@ def hybrid_loss(
     x_t: torch.Tensor,
     t: torch.Tensor,
     weights: torch.Tensor | None,
+    vlb_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_hybrid = L_simple + lambda L_vlb (Improved DDPM Sec. 3.1) for a 2C-channel prediction: the mean half
     regresses `target` (Min-SNR weights apply to it only), and L_vlb = T E_t[L_t] trains the variance half with
-    the mean held fixed (a stop-gradient), so lambda T L_t with lambda = 0.001 weighs each sampled term."""
+    the mean held fixed (a stop-gradient), so lambda T L_t with lambda = 0.001 weighs each sampled term.
+    `vlb_weights[t]` scales each sampled L_t: 1 / (T p(t)) when t is drawn from p rather than uniformly."""
     channels = x_0.shape[1]
     mean_prediction, v = prediction[:, :channels], prediction[:, channels:]
     simple = diffusion_loss(mean_prediction, target, t, weights)
     model_mean = terms.model_mean(mean_prediction.detach(), prediction_type, x_t, t)
     log_variance = terms.log_variance("learned_range", t, x_t, v)
     vlb = terms.vlb_term(x_0.float(), x_t.float(), t, model_mean, log_variance)
+    if vlb_weights is not None:
+        vlb = vlb * vlb_weights[t]
     return simple + HYBRID_VLB_WEIGHT * terms.num_timesteps * vlb.mean()

@@ -548,10 +548,11 @@ class Trainer:
             if config.snr_gamma is not None
             else None
         )
-        self.timestep_probs = None
+        self.timestep_probs = self.importance_factors = None
         if config.timestep_sampling == "importance" and self.loss_weights is not None:
             self.timestep_probs = importance_proposal(self.loss_weights, IMPORTANCE_UNIFORM_SHARE)
-            self.loss_weights = self.loss_weights / (self.loss_weights.numel() * self.timestep_probs)
+            self.importance_factors = 1 / (self.loss_weights.numel() * self.timestep_probs)
+            self.loss_weights = self.loss_weights * self.importance_factors
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -889,7 +890,15 @@ class Trainer:
                 loss = diffusion_loss(prediction, target, t, self.loss_weights)
             else:
                 loss = hybrid_loss(
-                    self.diffusion_terms, prediction, target, config.prediction_type, clean, noisy, t, self.loss_weights
+                    self.diffusion_terms,
+                    prediction,
+                    target,
+                    config.prediction_type,
+                    clean,
+                    noisy,
+                    t,
+                    self.loss_weights,
+                    self.importance_factors,
                 )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
