@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast, broadcast_object_list, set_seed
 from diffusers import ModelMixin, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.optimization import get_scheduler
@@ -490,7 +490,9 @@ class Trainer:
         )
         self.guide_step = guide_step(config, self.max_train_steps)
         if config.compile is None:
-            config.compile = compiles_by_default(self.accelerator.device, self.max_train_steps)
+            # Not under FSDP, which would wrap the compiled module: there --compile stays the user's choice.
+            sharded = self.accelerator.distributed_type == DistributedType.FSDP
+            config.compile = not sharded and compiles_by_default(self.accelerator.device, self.max_train_steps)
             if config.compile:
                 logger.info("torch.compile on: the default for a run this long (--no-compile runs eagerly)")
         self.guide_unet: ModelMixin | None = None
