@@ -252,9 +252,14 @@ def test_micro_batch_seeds_never_collide():
 
 
 def without_options(args: list[str], *names: str) -> list[str]:
-    """`args` (option, value pairs) without the named options."""
-    pairs = zip(args[::2], args[1::2], strict=True)
-    return [item for option, value in pairs if option[2:] not in names for item in (option, value)]
+    """`args` (options, each with its value unless it is a switch) without the named options."""
+    kept, index = [], 0
+    while index < len(args):
+        width = 2 if index + 1 < len(args) and not args[index + 1].startswith("--") else 1
+        if args[index][2:] not in names:
+            kept += args[index : index + width]
+        index += width
+    return kept
 
 
 @pytest.mark.slow
