@@ -121,14 +121,14 @@ def use_conjunction(pipeline: DiffusionPipeline) -> None:
     pipeline.guided_prediction = conjunction
 
 
-def held_out_real_fd(num_samples: int, seed: int = 0) -> float:
-    """FD of `num_samples` of the digit classifier's 500 held-out real digits (a seeded draw) against its 4,500
-    training digits: what real data scores at a cell's sample count (500: 0.21, docs/evaluation.md)."""
+def held_out_real_fd(counts: set[int], seed: int = 0) -> dict[int, float]:
+    """FD of `n` of the digit classifier's 500 held-out real digits (a seeded draw) against its 4,500 training
+    digits, for each n in `counts`: what real data scores at a cell's sample count (500: 0.21, docs/evaluation.md)."""
     arrays, labels = load_mnist_5k_arrays()
     train, test = classifier_split(torch.from_numpy(labels))
-    pick = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:num_samples]]
+    shuffled = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))]
     _, features = classify(torch.from_numpy(arrays).unsqueeze(1))
-    return frechet_distance_features(features[pick], features[train])
+    return {n: frechet_distance_features(features[shuffled[:n]], features[train]) for n in counts}
 
 
 def cell_samples(args: argparse.Namespace, steps: int) -> int:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = [float(w) for w in args.guidance.split(",")]
         settings += [(name, steps, w) for name, steps in parse_cells(args.guidance_cells) for w in weights]
     counts = {cell_samples(args, steps) for _, steps, _ in settings}
-    real_fd = {n: held_out_real_fd(n) for n in counts} if pipeline.unet.config.in_channels == 1 else {}
+    real_fd = held_out_real_fd(counts) if pipeline.unet.config.in_channels == 1 else {}
     gflops_before = matmul_gflops(seconds=2.0)
     started = time.perf_counter()
     conditions = args.conditions.split(",") if takes_color_labels(pipeline) else [None]

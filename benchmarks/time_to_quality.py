@@ -123,11 +123,12 @@ def main() -> None:
     print()
     if rows:
         print_table(rows, list(rows[0]))
-    summary = f"{metric} >= {target}: " + (
-        f"reached at step {reached['step']} after {reached['train_s']} s of training" if reached else "not reached"
-    )
     if not rows:
         summary = "no checkpoint scored (score the published folder with benchmarks/sampler_matrix.py)"
+    elif reached:
+        summary = f"{metric} >= {target}: reached at step {reached['step']} after {reached['train_s']} s of training"
+    else:
+        summary = f"{metric} >= {target}: not reached"
     print(f"\n{summary} (fp32 matmul {gflops:.0f} GFLOP/s in this run)")
     payload = {"date": datetime.date.today().isoformat(), "commit": git_commit(), "machine": machine()}
     payload |= {"matmul_gflops": gflops, "preset": record["preset"], "target": [metric, target]}
