@@ -32,6 +32,7 @@ from ddpm_zoo.checkpoints import (  # noqa: E402
     complete_checkpoints,
     load_guide,
 )
+from ddpm_zoo.data import COLOR_NAMES  # noqa: E402
 from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline  # noqa: E402
 from ddpm_zoo.presets import get_preset  # noqa: E402
 
@@ -51,7 +52,9 @@ def checkpoint_pipeline(checkpoint: Path, record: dict):
     )
     if record["conditional"]:
         names = ",".join(get_preset(record["preset"]).class_names)
-        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names)
+        two_labels = record.get("colorize") and len((record.get("label_columns") or "").split(",")) == 2
+        colors = ",".join(COLOR_NAMES) if two_labels else None
+        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names, color_names=colors)
     if record.get("cluster_sizes"):
         return UnconditionalDDPMPipeline(
             unet=unet,

@@ -74,7 +74,7 @@ def test_conditional_script_defaults_to_colored_mnist():
     assert config.colorize is True
     assert config.conditional is True
     assert config.label_column_names == ("label", "color")  # digit and color, each with its own null value
-    assert config.cond_drop_prob == 0.3
+    assert config.cond_drop_prob == 0.15
 
 
 def test_boolean_options_can_be_switched_off():
