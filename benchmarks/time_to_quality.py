@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--preset", default="mnist-tiny", choices=sorted(TARGETS))
     parser.add_argument("--output_dir", default="time-to-quality-run")
     parser.add_argument(
-        "--every", type=int, default=250, help="checkpoint (and score) every N steps; 0: the bare command, timed"
+        "--every", type=int, default=250, help="checkpoint (and score) every N steps; 0: the bare command, timed only"
     )
     parser.add_argument("--max_train_steps", type=int, help="default: the preset's")
     parser.add_argument("--num_samples", type=int, default=500)
@@ -103,7 +103,9 @@ def main() -> None:
     record = json.loads((output / RUN_RECORD).read_text())
     metric, target = TARGETS[record["preset"]]
     rows = []
-    for checkpoint in complete_checkpoints(output):
+    # The bare command's own checkpoints are not scored: its published folder is, by sampler_matrix.py.
+    scored = complete_checkpoints(output) if args.every or args.skip_training else []
+    for checkpoint in scored:
         if checkpoint_step(checkpoint) % args.score_every:
             continue
         state = json.loads((checkpoint / STATE_FILE).read_text())

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, write_tiny_unet_config
+from conftest import REPO_ROOT, tiny_unet, write_tiny_unet_config
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -170,23 +170,10 @@ def test_saved_activations_compares_group_norm_dtypes_and_partitions(tmp_path):
 
 def test_time_to_quality_scores_a_digit_and_color_checkpoint_as_a_digit_model(tmp_path):
     """A colored-mnist checkpoint's pipeline takes both labels, so the digit metrics apply to it."""
-    from diffusers import UNet2DModel
-
     from ddpm_zoo.data import COLOR_NAMES
     from ddpm_zoo.evaluation.references import is_digit_model
 
-    rows = (10 + 1) * (len(COLOR_NAMES) + 1)
-    unet = UNet2DModel(
-        sample_size=28,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=rows,
-    )
+    unet = tiny_unet(channels=3, size=28, num_class_embeds=(10 + 1) * (len(COLOR_NAMES) + 1))
     unet.save_pretrained(tmp_path / "unet_ema")
     record = {
         "preset": "colored-mnist",
