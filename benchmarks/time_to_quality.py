@@ -22,49 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import NOMINAL_CPU_GFLOPS, git_commit, machine, matmul_gflops, print_table, write_json  # noqa: E402
-from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from ddpm_zoo import evaluation  # noqa: E402
-from ddpm_zoo.checkpoints import (  # noqa: E402
-    RUN_RECORD,
-    STATE_FILE,
-    checkpoint_step,
-    complete_checkpoints,
-    load_guide,
-)
-from ddpm_zoo.data import COLOR_NAMES  # noqa: E402
-from ddpm_zoo.pipelines import ClassConditionalDDPMPipeline, UnconditionalDDPMPipeline  # noqa: E402
-from ddpm_zoo.presets import get_preset  # noqa: E402
+from ddpm_zoo.checkpoints import RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
+from ddpm_zoo.export import read_checkpoint, rebuild_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("conditional_accuracy", 0.95)}
-
-
-def checkpoint_pipeline(checkpoint: Path, record: dict):
-    """The EMA weights of a checkpoint as a pipeline with the run's noise schedule (and, once the run has
-    taken it, its autoguidance guide at the run's scale, or its self-guidance clusters: what the run would
-    publish at that step)."""
-    unet = UNet2DModel.from_pretrained(checkpoint / "unet_ema")
-    scheduler = DDPMScheduler(
-        num_train_timesteps=record["ddpm_num_steps"],
-        beta_schedule=record["ddpm_beta_schedule"],
-        prediction_type=record["prediction_type"],
-    )
-    if record["conditional"]:
-        names = ",".join(get_preset(record["preset"]).class_names)
-        two_labels = record.get("colorize") and len((record.get("label_columns") or "").split(",")) == 2
-        colors = ",".join(COLOR_NAMES) if two_labels else None
-        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, class_names=names, color_names=colors)
-    if record.get("cluster_sizes"):
-        return UnconditionalDDPMPipeline(
-            unet=unet,
-            scheduler=scheduler,
-            cluster_sizes=record["cluster_sizes"],
-            self_guidance_scale=record["self_guidance_scale"],
-        )
-    guide = load_guide(checkpoint)
-    scale = record["autoguidance_scale"] if guide is not None else 1.0
-    return UnconditionalDDPMPipeline(unet=unet, scheduler=scheduler, guide_unet=guide, autoguidance_scale=scale)
 
 
 def main() -> None:
@@ -108,8 +72,10 @@ def main() -> None:
     for checkpoint in scored:
         if checkpoint_step(checkpoint) % args.score_every:
             continue
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        pipeline = checkpoint_pipeline(checkpoint, record)
+        # What the run would publish at that step (`ddpm-zoo export`'s pipeline).
+        saved = read_checkpoint(checkpoint)
+        state = saved.state
+        pipeline = rebuild_pipeline(saved)
         scores = evaluation.evaluate_pipeline(
             pipeline, num_samples=args.num_samples, scheduler="dpmsolver", num_inference_steps=25, extra=False
         )

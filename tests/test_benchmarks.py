@@ -6,12 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, tiny_unet, write_tiny_unet_config
+from conftest import REPO_ROOT, write_tiny_unet_config
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import profile_step  # noqa: E402
-import time_to_quality  # noqa: E402
 
 
 def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -166,25 +165,3 @@ def test_saved_activations_compares_group_norm_dtypes_and_partitions(tmp_path):
     assert cuda_like_eager["float32_mb"] > 0 and cuda_like_eager["float32_tensors"] > 0
     assert cuda_like_compiled["saved_mb_per_img"] < cuda_like_eager["saved_mb_per_img"]
     assert cuda_like_compiled["saved_mb_per_img"] == bf16_compiled["saved_mb_per_img"] > 0
-
-
-def test_time_to_quality_scores_a_digit_and_color_checkpoint_as_a_digit_model(tmp_path):
-    """A colored-mnist checkpoint's pipeline takes both labels, so the digit metrics apply to it."""
-    from ddpm_zoo.data import COLOR_NAMES
-    from ddpm_zoo.evaluation.references import is_digit_model
-
-    unet = tiny_unet(channels=3, size=28, num_class_embeds=(10 + 1) * (len(COLOR_NAMES) + 1))
-    unet.save_pretrained(tmp_path / "unet_ema")
-    record = {
-        "preset": "colored-mnist",
-        "conditional": True,
-        "colorize": True,
-        "label_columns": "label,color",
-        "ddpm_num_steps": 1000,
-        "ddpm_beta_schedule": "linear",
-        "prediction_type": "v_prediction",
-    }
-    pipeline = time_to_quality.checkpoint_pipeline(tmp_path, record)
-    assert pipeline.config.color_names == ",".join(COLOR_NAMES)
-    assert pipeline.num_classes == 10
-    assert is_digit_model(pipeline)

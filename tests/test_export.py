@@ -12,6 +12,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ddpm_zoo.commands.main import main
+from ddpm_zoo.data import COLOR_NAMES
+from ddpm_zoo.evaluation.references import is_digit_model
+from ddpm_zoo.export import read_checkpoint, rebuild_pipeline
 from ddpm_zoo.loading import load_pipeline
 
 pytestmark = pytest.mark.slow
@@ -102,6 +105,15 @@ def test_a_run_without_ema_exports_its_training_weights(finished_run, tmp_path, 
     exported = load_file(tmp_path / "out" / UNET_WEIGHTS)
     assert all(torch.equal(exported[name], raw[name]) for name in raw)
     assert "| Published weights | final training weights (no EMA) |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_digit_and_color_checkpoint_rebuilds_as_a_digit_model(conditional_run):
+    """benchmarks/time_to_quality.py scores checkpoints through this pipeline: it must take both labels, so that
+    the digit metrics apply to it (without its color names it would read as a 76-class model)."""
+    pipeline = rebuild_pipeline(read_checkpoint(conditional_run / "checkpoint-3"))
+    assert pipeline.config.color_names == ",".join(COLOR_NAMES)
+    assert pipeline.num_classes == 10
+    assert is_digit_model(pipeline)
 
 
 def test_a_conditional_checkpoint_keeps_its_class_and_color_names(conditional_run, tmp_path, capsys):
