@@ -26,6 +26,7 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
+from ddpm_zoo.allocator import keep_freed_memory
 from ddpm_zoo.data import load_mnist_5k_arrays
 from ddpm_zoo.evaluation import evaluate_pipeline, format_table, make_context
 from ddpm_zoo.evaluation.classifier import classifier_split, classify
@@ -139,6 +140,7 @@ def cell_samples(args: argparse.Namespace, steps: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as `ddpm-zoo evaluate` does
     if args.threads:
         torch.set_num_threads(args.threads)
     pipeline = DiffusionPipeline.from_pretrained(args.model, trust_remote_code=True)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import NOMINAL_CPU_GFLOPS, git_commit, machine, matmul_gflops, print_table, write_json  # noqa: E402
 
 from ddpm_zoo import evaluation  # noqa: E402
+from ddpm_zoo.allocator import keep_freed_memory  # noqa: E402
 from ddpm_zoo.checkpoints import RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
 from ddpm_zoo.export import read_checkpoint, rebuild_pipeline  # noqa: E402
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--output", help="JSON file name in benchmarks/results/ (default: by preset)")
     parser.add_argument("--skip_training", action="store_true", help="only score the checkpoints of --output_dir")
     args = parser.parse_args()
+    keep_freed_memory()  # for the scoring in this process, as `ddpm-zoo evaluate` does; the training runs apart
     output = Path(args.output_dir)
     gflops = matmul_gflops()
     run = {}

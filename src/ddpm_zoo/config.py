@@ -276,7 +276,7 @@ class TrainingConfig:
         20, "images in each sample grid", OUTPUTS, valid=AT_LEAST_1, aliases=("--eval_batch_size",)
     )
     sample_scheduler: str = option("dpmsolver", "sampler for the sample grids", OUTPUTS, choices=SAMPLE_SCHEDULERS)
-    ddpm_num_inference_steps: int = option(50, "steps for the sample grids", OUTPUTS, valid=AT_LEAST_1)
+    ddpm_num_inference_steps: int = option(25, "steps for the sample grids", OUTPUTS, valid=AT_LEAST_1)
     logging_steps: int = option(10, "read the loss (a host sync) every N steps", OUTPUTS, valid=AT_LEAST_1)
     logger: str = option(
         "tensorboard",

@@ -9,6 +9,7 @@ from typing import Any
 
 from diffusers import DiffusionPipeline
 
+from ddpm_zoo.allocator import keep_freed_memory
 from ddpm_zoo.commands import add_trust_remote_code_option
 from ddpm_zoo.commands.points import evaluate_points
 from ddpm_zoo.errors import UserInputError
@@ -79,6 +80,7 @@ def check_unet_pipeline(pipeline: DiffusionPipeline, model: str) -> DiffusionPip
 def run(args: argparse.Namespace) -> int:
     """`ddpm-zoo evaluate`: sweep the requested settings, print the table, write the JSON; with `--nll`, the
     variational bound in bits per dimension instead."""
+    keep_freed_memory()
     if args.nll:
         return run_likelihood(args)
     schedulers = parse_list(

@@ -8,6 +8,7 @@ from pathlib import Path
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from ddpm_zoo.allocator import keep_freed_memory
 from ddpm_zoo.commands import add_trust_remote_code_option
 from ddpm_zoo.commands.points import sample_points_command
 from ddpm_zoo.errors import UserInputError
@@ -131,6 +132,7 @@ def check_sampling_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`ddpm-zoo sample MODEL`: write N samples as PNGs plus a labelled grid.png."""
+    keep_freed_memory()
     check_positive(num_images=args.num_images)
     check_sampling_options(args)
     output_dir = Path(args.output_dir)

@@ -8,6 +8,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from ddpm_zoo.allocator import keep_freed_memory
 from ddpm_zoo.commands.points import visualize_points
 from ddpm_zoo.commands.sample import add_model_options, check_sampling_options, parse_class_labels, sample_images
 from ddpm_zoo.data import EMBEDDED_MNIST
@@ -46,6 +47,7 @@ def parse_timesteps(text: str | None, num_train_timesteps: int) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """`ddpm-zoo visualize MODEL --kind ...`: one picture (PNG) or animation (GIF) of the process."""
+    keep_freed_memory()
     check_positive(
         num_images=args.num_images, num_columns=args.num_columns, num_frames=args.num_frames, scale=args.scale
     )
