@@ -12,6 +12,7 @@ colored-mnist) and reports the training seconds recorded in the first checkpoint
 """
 
 import argparse
+import csv
 import datetime
 import json
 import subprocess
@@ -25,11 +26,20 @@ from common import NOMINAL_CPU_GFLOPS, git_commit, machine, matmul_gflops, print
 
 from ddpm_zoo import evaluation  # noqa: E402
 from ddpm_zoo.allocator import keep_freed_memory  # noqa: E402
-from ddpm_zoo.checkpoints import RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
+from ddpm_zoo.checkpoints import LOSS_LOG, RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
 from ddpm_zoo.export import read_checkpoint, rebuild_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("conditional_accuracy", 0.95)}
+
+
+def training_loop(output: Path) -> dict:
+    """The optimizer steps' share of a run, from its loss log: the loop's seconds (sample grids and checkpoints
+    due during it included) and steps per second, so a run on slowed cores shows against the matmul rate."""
+    with (output / LOSS_LOG).open() as log:
+        last = list(csv.DictReader(log))[-1]
+    seconds = float(last["wall_seconds"])
+    return {"training_loop_s": round(seconds, 1), "steps_per_s": round(int(last["step"]) / seconds, 2)}
 
 
 def main() -> None:
@@ -62,6 +72,7 @@ def main() -> None:
         during = (gflops + matmul_gflops()) / 2  # the rate before and after the run
         run = {"run_wall_s": round(wall, 1), "matmul_gflops_around_run": round(during, 1)}
         run["run_wall_s_at_nominal_speed"] = round(wall * during / NOMINAL_CPU_GFLOPS, 1)
+        run.update(training_loop(output))
         print(
             f"training run: {wall:.0f} s wall (start-up, grids and saving included); fp32 matmul {during:.0f} GFLOP/s "
             f"around it: {run['run_wall_s_at_nominal_speed']:.0f} s at the nominal {NOMINAL_CPU_GFLOPS} GFLOP/s"

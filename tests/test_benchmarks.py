@@ -11,6 +11,7 @@ from conftest import REPO_ROOT, write_tiny_unet_config
 BENCHMARKS = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import profile_step  # noqa: E402
+import time_to_quality  # noqa: E402
 
 
 def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -142,6 +143,13 @@ def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
     assert summary["busy_ms_per_step"] == pytest.approx(sum(r["ms_per_step"] for r in report["categories"]), abs=0.05)
     assert summary["gflop_per_step"] > 0 and summary["mfu_pct"] > 0 and summary["matmul_like_rate_pct_of_peak"] > 0
     assert "convolution" in result.stdout
+
+
+def test_time_to_quality_reads_the_training_loop_from_the_loss_log(tmp_path):
+    (tmp_path / "loss.csv").write_text(
+        "step,loss,lr,ema_decay,wall_seconds\n10,0.2,0.0002,0.82,2.5\n1600,0.007,0.0,0.996,320.0\n"
+    )
+    assert time_to_quality.training_loop(tmp_path) == {"training_loop_s": 320.0, "steps_per_s": 5.0}
 
 
 def test_gpu_suite_refuses_an_unknown_part_before_running_anything(tmp_path):
