@@ -12,7 +12,6 @@ colored-mnist) and reports the training seconds recorded in the first checkpoint
 """
 
 import argparse
-import csv
 import datetime
 import json
 import subprocess
@@ -26,7 +25,7 @@ from common import NOMINAL_CPU_GFLOPS, git_commit, machine, matmul_gflops, print
 
 from ddpm_zoo import evaluation  # noqa: E402
 from ddpm_zoo.allocator import keep_freed_memory  # noqa: E402
-from ddpm_zoo.checkpoints import LOSS_LOG, RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
+from ddpm_zoo.checkpoints import RUN_RECORD, checkpoint_step, complete_checkpoints  # noqa: E402
 from ddpm_zoo.export import read_checkpoint, rebuild_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,12 +33,12 @@ TARGETS = {"mnist-tiny": ("recognisability", 0.90), "colored-mnist": ("condition
 
 
 def training_loop(output: Path) -> dict:
-    """The optimizer steps' share of a run, from its loss log: the loop's seconds (sample grids and checkpoints
-    due during it included) and steps per second, so a run on slowed cores shows against the matmul rate."""
-    with (output / LOSS_LOG).open() as log:
-        last = list(csv.DictReader(log))[-1]
-    seconds = float(last["wall_seconds"])
-    return {"training_loop_s": round(seconds, 1), "steps_per_s": round(int(last["step"]) / seconds, 2)}
+    """The optimizer steps' share of a run, from the summary training wrote: the loop's seconds (sample grids and
+    checkpoints due during it included) and steps per second, so a run on slowed cores shows against the matmul
+    rate."""
+    summary = json.loads((output / "training_summary.json").read_text())
+    seconds = summary["wall_time_s"]
+    return {"training_loop_s": round(seconds, 1), "steps_per_s": round(summary["global_step"] / seconds, 2)}
 
 
 def main() -> None:

@@ -145,10 +145,8 @@ def test_profile_step_accounts_for_the_step_on_cpu(tmp_path):
     assert "convolution" in result.stdout
 
 
-def test_time_to_quality_reads_the_training_loop_from_the_loss_log(tmp_path):
-    (tmp_path / "loss.csv").write_text(
-        "step,loss,lr,ema_decay,wall_seconds\n10,0.2,0.0002,0.82,2.5\n1600,0.007,0.0,0.996,320.0\n"
-    )
+def test_time_to_quality_reads_the_training_loop_from_the_run_summary(tmp_path):
+    (tmp_path / "training_summary.json").write_text(json.dumps({"global_step": 1600, "wall_time_s": 320.0}))
     assert time_to_quality.training_loop(tmp_path) == {"training_loop_s": 320.0, "steps_per_s": 5.0}
 
 
